@@ -1,0 +1,184 @@
+"""Experiment configuration (yacs).
+
+One set of defaults lives here; every file in ``configs/`` is a stage that overrides some of them, and the
+command line can override any key with ``KEY VALUE`` pairs (``train.lr 1e-4``). Unknown keys are errors, so a
+typo never silently falls back to a default.
+
+The model architecture is *not* spelled out key by key: ``model.variant`` names an entry of the size registry
+:data:`core.model.VARIANTS` (timm style), so ``protoformer`` and ``protoformer-s`` share one code path and differ
+only in numbers.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from yacs.config import CfgNode as CN
+
+_C = CN()
+_C.name = "protoformer"  # run name, used in logs and checkpoint names
+_C.stage = "synthetic"  # chairs | things | sintel | kitti | synthetic | depth_* (selects the training mixture)
+_C.seed = 1234
+
+# ----------------------------------------------------------------------------------------------- model
+_C.model = CN()
+_C.model.variant = "protoformer"  # key of core.model.VARIANTS
+_C.model.type = "flow"  # flow | depth | joint
+_C.model.iters = 12  # flow refinement iterations (official: decoder_depth = 12)
+_C.model.dropout = 0.0  # dropout in the cost-memory transformer (training only)
+
+# ----------------------------------------------------------------------------------------------- data
+_C.data = CN()
+# Dataset roots. Relative paths are resolved against the current working directory.
+_C.data.roots = CN()
+_C.data.roots.chairs = "datasets/FlyingChairs_release"
+_C.data.roots.things = "datasets/FlyingThings3D"
+_C.data.roots.sintel = "datasets/Sintel"
+_C.data.roots.kitti = "datasets/KITTI"
+_C.data.roots.hd1k = "datasets/HD1k"
+_C.data.roots.kitti_depth = "datasets/kitti_depth"  # KITTI raw + annotated depth
+_C.data.roots.vkitti = "datasets/vkitti2"
+_C.data.roots.sintel_depth = "datasets/Sintel-depth"
+# Training mixture: "name" or "name*repeat" entries, e.g. ["sintel_clean*100", "sintel_final*100", "kitti*200"].
+_C.data.train_sets = ["synthetic"]
+_C.data.crop_size = [368, 496]  # H, W of training crops
+_C.data.num_workers = 4
+
+# Augmentation (RAFT family). min/max_scale are log2 scale bounds.
+_C.aug = CN()
+_C.aug.min_scale = -0.2
+_C.aug.max_scale = 0.6
+_C.aug.spatial_prob = 0.8
+_C.aug.stretch_prob = 0.8
+_C.aug.max_stretch = 0.2
+_C.aug.do_flip = True
+_C.aug.h_flip_prob = 0.5
+_C.aug.v_flip_prob = 0.1
+_C.aug.brightness = 0.4
+_C.aug.contrast = 0.4
+_C.aug.saturation = 0.4
+_C.aug.hue = 0.5 / 3.14
+_C.aug.asymmetric_color_prob = 0.2
+_C.aug.eraser_prob = 0.5
+
+# Built-in procedural data (core.data.synthetic): used when a set is named "synthetic" / "synthetic_depth".
+_C.synthetic = CN()
+_C.synthetic.image_size = [384, 512]  # H, W rendered (then augmented/cropped like any dataset)
+_C.synthetic.train_size = 20000  # number of distinct training pairs (index -> deterministic sample)
+_C.synthetic.val_size = 64
+_C.synthetic.max_displacement = 64.0  # pixels, largest layer translation
+_C.synthetic.num_layers = [3, 8]  # min, max foreground layers
+_C.synthetic.texture_dir = ""  # optional folder of images to use as textures
+_C.synthetic.seed = 0
+
+# ----------------------------------------------------------------------------------------------- training
+_C.train = CN()
+_C.train.batch_size = 8  # global batch (split across processes)
+_C.train.num_steps = 100000
+_C.train.lr = 2.5e-4
+_C.train.weight_decay = 1e-4
+_C.train.epsilon = 1e-8
+_C.train.clip = 1.0
+_C.train.pct_start = 0.05  # OneCycle warm-up share
+_C.train.anneal_strategy = "linear"
+_C.train.gamma = 0.8  # sequence-loss decay
+_C.train.max_flow = 400.0  # pixels with larger ground-truth flow are excluded from the loss
+_C.train.add_noise = True  # Gaussian noise on the inputs
+_C.train.freeze_bn = False
+_C.train.mixed_precision = False
+_C.train.amp_dtype = "bfloat16"  # bfloat16 | float16 (CUDA only)
+_C.train.restore_ckpt = ""  # weights to start from (official release or our checkpoint)
+_C.train.val_freq = 5000
+_C.train.val_sets = ["synthetic"]
+_C.train.log_freq = 100
+_C.train.image_log_freq = 1000
+_C.train.ckpt_freq = 5000
+_C.train.keep_last = 3
+_C.train.max_bad_steps = 20  # stop after this many non-finite steps in a row
+
+# ----------------------------------------------------------------------------------------------- depth
+_C.depth = CN()
+_C.depth.min_depth = 1e-3
+_C.depth.max_depth = 80.0
+_C.depth.silog_variance_focus = 0.85
+_C.depth.eval_crop = "garg"  # garg | eigen | none
+_C.depth.median_scaling = False
+
+# ----------------------------------------------------------------------------------------------- evaluation
+_C.eval = CN()
+_C.eval.tile = False
+_C.eval.tile_size = []  # H, W of tiles; empty = data.crop_size
+_C.eval.tile_min_overlap = 0.25  # fraction of the tile that neighbouring tiles share at least
+
+
+def get_cfg_defaults() -> CN:
+    """A fresh copy of the defaults (never the module-level object itself)."""
+    return _C.clone()
+
+
+def _coerce(value: str):
+    """Turn a command-line string into the Python value yacs expects (number, bool, list, ...)."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def load_config(path: str | Path | None = None, opts: Sequence[str] | Iterable[str] = ()) -> CN:
+    """Load the defaults, merge a stage file, then ``KEY VALUE`` overrides; return a frozen config.
+
+    Raises:
+        FileNotFoundError: the config file does not exist.
+        KeyError: a key in the file or in ``opts`` does not exist in the defaults.
+        ValueError: ``opts`` is not a list of KEY VALUE pairs, or a value has the wrong type.
+    """
+    cfg = get_cfg_defaults()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            cfg.merge_from_file(str(path))
+        except KeyError as err:
+            raise KeyError(f"{path}: unknown config key {err}") from None
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd number of items: {opts}")
+    for key, value in zip(opts[0::2], opts[1::2]):
+        node, *parents = cfg, *key.split(".")[:-1]
+        for part in parents:
+            if part not in node:
+                raise KeyError(f"unknown config key '{key}' (no section '{part}')")
+            node = node[part]
+        leaf = key.split(".")[-1]
+        if not isinstance(node, CN) or leaf not in node:
+            raise KeyError(f"unknown config key '{key}'")
+        try:
+            cfg.merge_from_list([key, _coerce(value) if isinstance(value, str) else value])
+        except ValueError as err:
+            raise ValueError(f"config override {key}={value!r}: {err}") from None
+    validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def validate(cfg: CN) -> None:
+    """Check values that yacs' type check cannot (choices and ranges). Raises ValueError."""
+    from core.model import VARIANTS  # imported here: the model package imports nothing from config
+
+    if cfg.model.variant not in VARIANTS:
+        raise ValueError(f"model.variant '{cfg.model.variant}' is not one of {sorted(VARIANTS)}")
+    if cfg.model.type not in ("flow", "depth", "joint"):
+        raise ValueError(f"model.type must be flow, depth or joint, got '{cfg.model.type}'")
+    if cfg.model.iters < 1:
+        raise ValueError(f"model.iters must be >= 1, got {cfg.model.iters}")
+    if len(cfg.data.crop_size) != 2 or min(cfg.data.crop_size) < 32:
+        raise ValueError(f"data.crop_size must be [H, W] with both >= 32, got {list(cfg.data.crop_size)}")
+    if cfg.train.amp_dtype not in ("bfloat16", "float16"):
+        raise ValueError(f"train.amp_dtype must be bfloat16 or float16, got '{cfg.train.amp_dtype}'")
+    if cfg.depth.eval_crop not in ("garg", "eigen", "none"):
+        raise ValueError(f"depth.eval_crop must be garg, eigen or none, got '{cfg.depth.eval_crop}'")

@@ -1,0 +1,39 @@
+"""Shared pytest fixtures.
+
+``shared_dir`` points at ``../shared`` beside the checkout (reference notes, golden fixtures of the official
+model, real images). It is not part of the project; tests that need it skip with a clear reason when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("PROTOFORMER_SHARED", REPO_ROOT.parent / "shared"))
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    """Tests run on 2 CPU threads with a fixed seed, like the measurements in the README."""
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"../shared not found at {SHARED_DIR} (reference data for developers; set PROTOFORMER_SHARED)")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "fixtures" / "protoformer"
+    if not path.is_dir():
+        pytest.skip(f"golden fixtures of the official model not found at {path}")
+    return path
