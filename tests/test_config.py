@@ -1,0 +1,80 @@
+"""Configs: every stage file loads, overrides work and are typed, unknown keys and bad values are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import get_cfg_defaults, load_config
+from core.model import VARIANTS
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_the_stage_files_exist():
+    names = {p.stem for p in CONFIGS}
+    assert {"chairs", "things", "sintel", "kitti", "synthetic"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_stage_file_loads(path):
+    cfg = load_config(path)
+    assert cfg.model.variant in VARIANTS
+    assert cfg.stage == path.stem or cfg.stage.startswith("depth")
+    assert cfg.is_frozen()
+
+
+def test_official_schedule_numbers():
+    chairs = load_config(CONFIGS[0].parent / "chairs.yaml")
+    assert (chairs.train.num_steps, chairs.train.batch_size, list(chairs.data.crop_size), chairs.train.lr) == (
+        140000, 8, [368, 496], 2.5e-4)
+    sintel = load_config(CONFIGS[0].parent / "sintel.yaml")
+    assert (sintel.train.num_steps, sintel.train.batch_size, list(sintel.data.crop_size), sintel.train.lr) == (
+        220000, 4, [368, 800], 8.5e-5)
+    assert {s.split("*")[0] for s in sintel.data.train_sets} == {"sintel_clean", "sintel_final", "kitti", "hd1k", "things_clean"}
+    kitti = load_config(CONFIGS[0].parent / "kitti.yaml")
+    assert (kitti.train.num_steps, kitti.train.lr) == (60000, 6.5e-5)
+    things = load_config(CONFIGS[0].parent / "things.yaml")
+    assert (things.train.num_steps, list(things.data.crop_size)) == (180000, [368, 800])
+
+
+def test_command_line_overrides_are_typed():
+    cfg = load_config(None, ["train.lr", "1e-3", "data.crop_size", "[64, 96]", "model.variant", "protoformer-s",
+                             "train.add_noise", "False"])
+    assert cfg.train.lr == pytest.approx(1e-3)
+    assert list(cfg.data.crop_size) == [64, 96]
+    assert cfg.model.variant == "protoformer-s"
+    assert cfg.train.add_noise is False
+
+
+def test_defaults_are_not_shared_state():
+    a = get_cfg_defaults()
+    a.train.lr = 123.0
+    assert get_cfg_defaults().train.lr != 123.0
+
+
+@pytest.mark.parametrize(
+    "opts, error, message",
+    [
+        (["train.lrr", "1"], KeyError, "train.lrr"),
+        (["nosection.lr", "1"], KeyError, "nosection"),
+        (["train.lr"], ValueError, "KEY VALUE"),
+        (["train.lr", "fast"], ValueError, "train.lr"),
+        (["model.variant", "protoformer-xxl"], ValueError, "protoformer-xxl"),
+        (["model.type", "segmentation"], ValueError, "model.type"),
+        (["data.crop_size", "[8, 8]"], ValueError, "crop_size"),
+    ],
+)
+def test_bad_overrides_are_clear_errors(opts, error, message):
+    with pytest.raises(error, match=message):
+        load_config(None, opts)
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(KeyError, match="typo.yaml"):
+        load_config(path)
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
