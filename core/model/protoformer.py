@@ -15,7 +15,6 @@ one batched feature-encoder call.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.model.cost_memory import CostMemoryEncoder
@@ -23,6 +22,7 @@ from core.model.depth_decoder import DepthDecoder
 from core.model.encoder import ProtoFormerEncoder
 from core.model.flow_decoder import FlowDecoder
 from core.model.variants import ProtoFormerSpec
+from core.utils.padder import InputPadder
 
 MODEL_TYPES = ("flow", "depth", "joint")
 
@@ -89,41 +89,34 @@ class ProtoFormer(nn.Module):
         """
         return_all = self.training if return_all is None else return_all
         self._check_inputs(image1, image2, flow_init)
-        height, width = image1.shape[-2:]
-        pad = self._padding(height, width)
-        image1 = self._normalise(image1, pad)
+        padder = self._padder(image1)
+        image1 = self._normalise(padder, image1)
         context = self.context_encoder(image1)
 
         out: dict[str, Tensor | list[Tensor]] = {}
         if self.predicts_flow:
-            image2 = self._normalise(image2, pad)
+            image2 = self._normalise(padder, image2)
             feat1, feat2 = self.feature_encoder(torch.cat([image1, image2]))[-1].chunk(2)
             cost_memory, cost_maps = self.cost_memory(feat1, feat2, context[-1])
             flows, flow_low = self.flow_decoder(
                 cost_memory, cost_maps, context[-1], iters=iters or self.iters, flow_init=flow_init,
                 return_all=return_all,
             )
-            out["flow"] = [self._unpad(f, pad) for f in flows]
+            out["flow"] = [padder.unpad(f) for f in flows]
             out["flow_low"] = flow_low
         if self.predicts_depth:
-            out["disparity"] = [self._unpad(d, pad) for d in self.depth_decoder(context, return_all=return_all)]
+            out["disparity"] = [padder.unpad(d) for d in self.depth_decoder(context, return_all=return_all)]
         return out
 
-    def _padding(self, height: int, width: int) -> tuple[int, int, int, int]:
-        """(left, right, top, bottom) replicate padding to a multiple of 8 (and at least ``min_size``), centred."""
-        pad_h = max(-(-height // 8) * 8, self.min_size) - height
-        pad_w = max(-(-width // 8) * 8, self.min_size) - width
-        return pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2
+    def _padder(self, image: Tensor) -> InputPadder:
+        """Centred replicate padding to a multiple of 8 (and at least ``min_size``), as the official callers pad."""
+        return InputPadder(image.shape, mode="sintel", divisor=8, min_size=self.min_size)
 
     @staticmethod
-    def _normalise(image: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
+    def _normalise(padder: InputPadder, image: Tensor) -> Tensor:
+        """0..255 -> [-1, 1] (the official normalisation), then padding."""
         image = 2.0 * (image / 255.0) - 1.0
-        return F.pad(image, pad, mode="replicate") if any(pad) else image
-
-    @staticmethod
-    def _unpad(x: Tensor, pad: tuple[int, int, int, int]) -> Tensor:
-        left, right, top, bottom = pad
-        return x[..., top : x.shape[-2] - bottom, left : x.shape[-1] - right]
+        return padder.pad(image)[0] if any(padder.padding) else image
 
     def _check_inputs(self, image1: Tensor, image2: Tensor | None, flow_init: Tensor | None) -> None:
         images = {"image1": image1} if image2 is None else {"image1": image1, "image2": image2}
@@ -144,8 +137,7 @@ class ProtoFormer(nn.Module):
         if image2 is not None and image2.shape != image1.shape:
             raise ValueError(f"image1 and image2 must have the same shape, got {tuple(image1.shape)} and {tuple(image2.shape)}")
         if flow_init is not None:
-            height, width = image1.shape[-2:]
-            pad = self._padding(height, width)
-            expected = (image1.shape[0], 2, (height + pad[2] + pad[3]) // 8, (width + pad[0] + pad[1]) // 8)
+            padded_height, padded_width = self._padder(image1).padded_shape
+            expected = (image1.shape[0], 2, padded_height // 8, padded_width // 8)
             if tuple(flow_init.shape) != expected:
                 raise ValueError(f"flow_init must be {list(expected)} (1/8 of the padded input), got {list(flow_init.shape)}")
