@@ -71,6 +71,9 @@ _C.synthetic.val_size = 64
 _C.synthetic.max_displacement = 64.0  # pixels, largest layer translation
 _C.synthetic.num_layers = [3, 8]  # min, max foreground layers
 _C.synthetic.texture_dir = ""  # optional folder of images to use as textures
+_C.synthetic.texture_image_prob = 0.5  # with texture_dir: share of layers textured by an image
+_C.synthetic.difficulty = 1.0  # 0..1: upper bound of layer count, motion ranges, thin structures, holes
+_C.synthetic.photometric = 0.0  # 0..1: strength of motion blur, noise and brightness change (GT stays exact)
 _C.synthetic.seed = 0
 
 # ----------------------------------------------------------------------------------------------- training
