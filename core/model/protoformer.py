@@ -48,7 +48,7 @@ class ProtoFormer(nn.Module):
         if self.predicts_flow:
             self.feature_encoder = ProtoFormerEncoder(spec)
             self.cost_memory = CostMemoryEncoder(spec, dropout=dropout)
-            self.flow_decoder = FlowDecoder(spec)
+            self.flow_decoder = FlowDecoder(spec, dropout=dropout)
         if self.predicts_depth:
             self.depth_decoder = DepthDecoder(spec)
 
