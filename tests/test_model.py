@@ -30,16 +30,23 @@ def _official_weights(fixtures_dir: Path, golden: dict) -> dict[str, torch.Tenso
     return state
 
 
+_MODELS: dict[str, ProtoFormer] = {}
+
+
 def _official_model(fixtures_dir: Path, golden: dict, model_type: str) -> ProtoFormer:
-    model = ProtoFormer(VARIANTS["protoformer"], model_type=model_type, iters=12)
-    load_weights(model, {f"module.{k}": v for k, v in _official_weights(fixtures_dir, golden).items()})
-    return model.eval()
+    """The official-size model with the fixture's weights (loaded with the ``module.`` prefix of the releases)."""
+    if model_type not in _MODELS:
+        model = ProtoFormer(VARIANTS["protoformer"], model_type=model_type, iters=12)
+        load_weights(model, {f"module.{k}": v for k, v in _official_weights(fixtures_dir, golden).items()})
+        _MODELS[model_type] = model.eval()
+    return _MODELS[model_type]
 
 
 @pytest.fixture(scope="module")
 def golden(fixtures_dir):
     names = {"flow": "golden_flow.pt", "depth": "golden_depth.pt", "joint": "golden_joint_perturbed.pt"}
-    return {t: torch.load(fixtures_dir / n, weights_only=True) for t, n in names.items()}
+    yield {t: torch.load(fixtures_dir / n, weights_only=True) for t, n in names.items()}
+    _MODELS.clear()
 
 
 @pytest.mark.parametrize("model_type", ["flow", "joint"])

@@ -129,7 +129,7 @@ class ProtoFormer(nn.Module):
             if not image.is_floating_point():
                 raise ValueError(f"{name} must be a floating-point tensor (0..255), got {image.dtype}")
             lo, hi = torch.aminmax(image.detach())
-            if lo < -1.0 or hi > 256.0:
+            if lo < -0.5 or hi > 255.5:
                 raise ValueError(
                     f"{name} values must lie in 0..255 (RGB), got min {lo.item():.3g} and max {hi.item():.3g}; "
                     "do not normalise the images before calling the model"
