@@ -1,0 +1,465 @@
+"""Inference API: flow (and depth) of image pairs of any size, from a checkpoint, in one call.
+
+    estimator = FlowEstimator.from_checkpoint("checkpoints/protoformer-s-synthetic.pth")
+    flow = estimator.predict(frame1, frame2)            # [H, W, 2] float32 numpy, pixels (u right, v down)
+    depth = estimator.predict_depth(frame1)             # [H, W] metres (depth / joint models)
+
+Everything a caller would otherwise repeat is hidden here: picking the device and precision, turning numpy or
+torch images of any layout (grey, RGB, RGBA; uint8 or float 0..255) into the network's input, padding to a
+multiple of 8 (RAFT's ``InputPadder``), tiled inference for frames too large for one pass (:mod:`core.tiling`) and
+warm starts across a sequence (RAFT's ``forward_interpolate``). ``evaluate.py``, ``demo.py`` and the downstream
+tools all go through :class:`FlowEstimator`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from loguru import logger
+from scipy.interpolate import griddata
+from torch import Tensor
+from yacs.config import CfgNode
+
+from core.config import get_cfg_defaults, load_config
+from core.metrics import disparity_to_depth
+from core.model import build_model
+from core.model.checkpoint import CheckpointError, load_weights, read_checkpoint
+from core.tiling import TileGrid, run_tiled
+from core.utils.padder import InputPadder
+
+DEFAULT_CHECKPOINT = Path("checkpoints/protoformer-s-synthetic.pth")
+TRAIN_COMMANDS = (
+    "python train.py --config configs/synthetic.yaml --work-dir runs/synthetic",
+    f"python train.py --work-dir runs/synthetic --export {DEFAULT_CHECKPOINT}",
+)
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Above this many (padded) pixels the whole-image pass is not attempted in "auto" tiling mode: the all-pairs cost
+# volume and the GMA attention alone take (H/8 * W/8)^2 * 4 bytes each, 1 GiB at 2^20 pixels (e.g. 1024 x 1024).
+AUTO_TILE_PIXELS = 1 << 20
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """The checkpoint file does not exist; the message says how to get or train one."""
+
+
+def missing_checkpoint_message(path: str | Path) -> str:
+    """What to do when a checkpoint is missing (shown by the command-line tools)."""
+    return (
+        f"checkpoint not found: {path}\n"
+        "  Train the small model on the built-in synthetic data (CPU, no download) and export its weights:\n"
+        + "".join(f"    {command}\n" for command in TRAIN_COMMANDS)
+        + "  or pass --ckpt with a checkpoint of this project or an official ProtoFormer release (.pth, as shipped)\n"
+        "  together with its --config (e.g. configs/sintel.yaml).\n"
+        "  To run the pipeline with untrained weights on purpose, pass --random-init."
+    )
+
+
+@dataclass
+class Prediction:
+    """Raw outputs of one forward pass, at the input size, float32 on the CPU.
+
+    Attributes:
+        flow: [B, 2, H, W] flow in pixels, or None for a depth model.
+        flow_low: [B, 2, H8, W8] 1/8-scale flow on the padded grid (the warm-start state), or None.
+        disparity: [B, 1, H, W] sigmoid disparity in (0, 1), or None for a flow model.
+    """
+
+    flow: Tensor | None = None
+    flow_low: Tensor | None = None
+    disparity: Tensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def to_image_tensor(image: np.ndarray | Tensor, name: str = "image") -> Tensor:
+    """An image as the network wants it: float32 [3, H, W] RGB in 0..255.
+
+    Accepts numpy ``[H, W]`` (grey), ``[H, W, 1|3|4]`` (grey, RGB, RGBA: alpha dropped) in uint8, uint16 (scaled to
+    8 bits) or float 0..255, and torch ``[H, W]``, ``[1|3|4, H, W]`` or ``[1, C, H, W]`` (channels first).
+    """
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+            raise ValueError(f"{name}: expected a numpy image [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
+                             f"got {image.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    elif isinstance(image, Tensor):
+        tensor = image.detach()
+        if tensor.dim() == 4 and tensor.shape[0] == 1:
+            tensor = tensor[0]
+        if tensor.dim() == 2:
+            tensor = tensor[None]
+        if tensor.dim() != 3 or tensor.shape[0] not in (1, 3, 4):
+            raise ValueError(f"{name}: expected a torch image [H, W], [C, H, W] or [1, C, H, W] with C in 1, 3, 4, "
+                             f"got {tuple(image.shape)}")
+    else:
+        raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(image).__name__}")
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise ValueError(f"{name}: unsupported image dtype {tensor.dtype}")
+    if min(tensor.shape[-2:]) < 1:
+        raise ValueError(f"{name}: empty image of shape {tuple(image.shape)}")
+    tensor = tensor.float() / 257.0 if tensor.dtype == torch.uint16 else tensor.float()
+    channels = tensor.shape[0]
+    tensor = tensor.expand(3, -1, -1) if channels == 1 else tensor[:3]
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name}: the image contains NaN or infinite values")
+    return tensor.contiguous()
+
+
+def forward_interpolate(flow_low: Tensor) -> Tensor:
+    """Project a flow forward by itself: the warm start of the next pair of a sequence (RAFT's forward_interpolate).
+
+    Every pixel ``p`` with flow ``f`` lands at ``p + f`` in the next frame; the moved vectors that stay inside the
+    frame are interpolated back onto the pixel grid by nearest neighbour (``scipy.interpolate.griddata``), so each
+    pixel of the next frame starts from the motion of the nearest point that arrived there.
+
+    Args:
+        flow_low: [2, h, w] or [B, 2, h, w] flow (usually the 1/8-scale ``flow_low`` of the previous pair).
+
+    Returns:
+        The projected flow, same shape, dtype and device; zeros where nothing usable is left.
+    """
+    if flow_low.dim() == 4:
+        return torch.stack([forward_interpolate(f) for f in flow_low])
+    if flow_low.dim() != 3 or flow_low.shape[0] != 2:
+        raise ValueError(f"forward_interpolate: expected a flow [2, h, w] or [B, 2, h, w], got {tuple(flow_low.shape)}")
+    flow = flow_low.detach().cpu().double().numpy()
+    height, width = flow.shape[1:]
+    y0, x0 = np.mgrid[0:height, 0:width]
+    x1, y1 = x0 + flow[0], y0 + flow[1]
+    inside = (x1 > 0) & (x1 < width) & (y1 > 0) & (y1 < height) & np.isfinite(x1) & np.isfinite(y1)
+    if not inside.any():
+        return torch.zeros_like(flow_low)
+    points = np.stack([x1[inside], y1[inside]], axis=1)
+    grid = (x0, y0)
+    moved = [griddata(points, component[inside], grid, method="nearest", fill_value=0.0) for component in flow]
+    return torch.from_numpy(np.stack(moved)).to(flow_low)
+
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+def config_from_text(text: str, opts: Iterable[str] = ()) -> CfgNode:
+    """The config stored in a checkpoint (``cfg.dump()``), merged over the defaults, then ``KEY VALUE`` opts.
+
+    Goes through :func:`core.config.load_config`, so the stored text and the overrides are checked exactly like a
+    config file. Raises :class:`CheckpointError` if the stored config does not fit this code.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "checkpoint_config.yaml"
+        path.write_text(text)
+        try:
+            load_config(path)
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"the config stored in the checkpoint does not fit this code: {err}") from None
+        return load_config(path, opts)
+
+
+def _embedded_config(raw: Any) -> str | None:
+    if isinstance(raw, Mapping) and isinstance(raw.get("config"), str):
+        return raw["config"]
+    return None
+
+
+def resolve_config(checkpoint: Path | None, raw: Any, config: str | Path | CfgNode | None,
+                   opts: Iterable[str] = ()) -> CfgNode:
+    """The config that describes a checkpoint's network.
+
+    Order: ``config`` if given (a path or a config node); else the config the checkpoint carries (our exports store
+    ``cfg.dump()`` under ``"config"``); else a ``.yaml`` beside the checkpoint with the same stem; else the
+    defaults (the official architecture, as for a release checkpoint). When both an explicit config and an
+    embedded one exist and name different ``model.variant``, the checkpoint's wins (its weights fit only it).
+    """
+    embedded = _embedded_config(raw)
+    if isinstance(config, CfgNode):
+        cfg = config
+    elif config is not None:
+        cfg = load_config(config, opts)
+    elif embedded is not None:
+        return config_from_text(embedded, opts)
+    elif checkpoint is not None and checkpoint.with_suffix(".yaml").is_file():
+        logger.info(f"config: {checkpoint.with_suffix('.yaml')} (beside the checkpoint)")
+        return load_config(checkpoint.with_suffix(".yaml"), opts)
+    else:
+        logger.warning("no config given and none stored with the checkpoint: using the defaults "
+                       f"(model.variant '{get_cfg_defaults().model.variant}', the official architecture)")
+        return load_config(None, opts)
+    if embedded is not None:
+        stored = config_from_text(embedded)
+        if stored.model.variant != cfg.model.variant:
+            logger.warning(f"the checkpoint was trained as model.variant '{stored.model.variant}', the config says "
+                           f"'{cfg.model.variant}': using '{stored.model.variant}'")
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.model.variant = stored.model.variant
+            cfg.freeze()
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- estimator
+
+
+class FlowEstimator:
+    """A ProtoFormer in eval mode with everything needed to run it on real images.
+
+    Args:
+        model: a ProtoFormer (built by :func:`core.model.build_model`), weights loaded.
+        cfg: its config (``model.iters``, ``eval.tile*``, ``data.crop_size``, ``depth.max_depth`` are used).
+        device: ``"cuda"``, ``"cpu"``, ...; ``None`` = CUDA if available, else CPU.
+        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast); ``None`` = fp32. Reduced precision needs CUDA
+            for fp16; bf16 on the CPU is allowed when asked for but is very slow (never a default).
+        iters: flow refinement iterations; ``None`` = ``cfg.model.iters``.
+        tile: ``True`` (always tiled), ``False`` (always whole image), ``"auto"`` (tiled above
+            :data:`AUTO_TILE_PIXELS` padded pixels); ``None`` = ``cfg.eval.tile``.
+        pad_mode: where padding goes, ``"sintel"`` (centred) or ``"kitti"`` (rows at the bottom), as in RAFT.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: CfgNode, device: str | torch.device | None = None,
+                 precision: str | None = None, iters: int | None = None, tile: bool | str | None = None,
+                 pad_mode: str = "sintel"):
+        self.cfg = cfg
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = precision or "fp32"
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision 'fp16' needs a CUDA device (use fp32 on the CPU)")
+        if self.precision == "bf16" and self.device.type == "cpu":
+            logger.warning("bf16 on the CPU is much slower than fp32 here; use it only to check numerics")
+        self.iters = int(iters if iters is not None else cfg.model.iters)
+        if self.iters < 1:
+            raise ValueError(f"iters must be >= 1, got {self.iters}")
+        self.tile = cfg.eval.tile if tile is None else tile
+        if self.tile not in (True, False, "auto"):
+            raise ValueError(f"tile must be True, False or 'auto', got {tile!r}")
+        tile_size = list(cfg.eval.tile_size) or list(cfg.data.crop_size)
+        if len(tile_size) != 2:
+            raise ValueError(f"eval.tile_size must be [H, W] (or empty for data.crop_size), got {tile_size}")
+        self.tile_size = (int(tile_size[0]), int(tile_size[1]))
+        self.tile_min_overlap = float(cfg.eval.tile_min_overlap)
+        self.pad_mode = pad_mode
+        self.model = model.to(self.device).eval()
+
+    # ------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT,
+                        config: str | Path | CfgNode | None = None, device: str | torch.device | None = None,
+                        precision: str | None = None, iters: int | None = None, tile: bool | str | None = None,
+                        pad_mode: str = "sintel", opts: Iterable[str] = ()) -> "FlowEstimator":
+        """Build the network a checkpoint needs and load it.
+
+        ``checkpoint`` may be this project's training checkpoint or weight export (which carry their config), an
+        official ProtoFormer release (keys with ``module.``; pass its ``config``, e.g. ``configs/sintel.yaml``) or a
+        plain state_dict. See :func:`resolve_config` for how the config is found. ``opts`` are ``KEY VALUE``
+        config overrides.
+
+        Raises:
+            MissingCheckpointError: the file does not exist (the message says how to train one).
+            CheckpointError: the file is unreadable or does not fit the network.
+        """
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise MissingCheckpointError(missing_checkpoint_message(path))
+        raw = read_checkpoint(path)
+        cfg = resolve_config(path, raw, config, opts)
+        model = load_weights(build_model(cfg), raw)
+        logger.info(f"loaded {path} ({cfg.model.variant}, type {cfg.model.type})")
+        return cls(model, cfg, device=device, precision=precision, iters=iters, tile=tile, pad_mode=pad_mode)
+
+    @classmethod
+    def from_random_init(cls, config: str | Path | CfgNode | None = None, seed: int | None = None,
+                         opts: Iterable[str] = (), **kwargs) -> "FlowEstimator":
+        """An untrained network (for tests and dry runs of the pipeline); ``seed`` defaults to ``cfg.seed``."""
+        cfg = config if isinstance(config, CfgNode) else load_config(config, opts)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(cfg.seed if seed is None else seed)
+        try:
+            model = build_model(cfg)
+        finally:
+            torch.random.set_rng_state(generator_state)
+        logger.warning(f"using a randomly initialised {cfg.model.variant} ({cfg.model.type}): "
+                       "its output is meaningless")
+        return cls(model, cfg, **kwargs)
+
+    # ------------------------------------------------------------------------------------------- properties
+    @property
+    def predicts_flow(self) -> bool:
+        return self.model.predicts_flow
+
+    @property
+    def predicts_depth(self) -> bool:
+        return self.model.predicts_depth
+
+    def describe(self) -> dict[str, Any]:
+        """The options that shape the outputs (for logs and result files)."""
+        return {
+            "variant": self.cfg.model.variant, "type": self.cfg.model.type, "iters": self.iters,
+            "tile": self.tile, "tile_size": list(self.tile_size), "tile_min_overlap": self.tile_min_overlap,
+            "precision": self.precision, "device": str(self.device), "pad_mode": self.pad_mode,
+        }
+
+    # ------------------------------------------------------------------------------------------- tensor API
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _uses_tiles(self, padded_shape: tuple[int, int]) -> bool:
+        if self.tile == "auto":
+            return padded_shape[0] * padded_shape[1] > AUTO_TILE_PIXELS
+        return bool(self.tile)
+
+    def _forward_padded(self, image1: Tensor, image2: Tensor | None, flow_init: Tensor | None) -> dict[str, Tensor]:
+        """One network pass on padded inputs; returns the last flow, flow_low and disparity (those that exist)."""
+        with self._autocast():
+            if self.predicts_flow:
+                if image2 is None:  # depth of a joint model: the flow path needs some second frame
+                    out = self.model(image1, image1, iters=1)
+                else:
+                    out = self.model(image1, image2, iters=self.iters, flow_init=flow_init)
+            else:
+                out = self.model(image1)
+        result = {}
+        if "flow" in out and image2 is not None:
+            result["flow"] = out["flow"][-1].float()
+            result["flow_low"] = out["flow_low"].float()
+        if "disparity" in out:
+            result["disparity"] = out["disparity"][-1].float()
+        return result
+
+    @torch.inference_mode()
+    def run(self, image1: Tensor, image2: Tensor | None = None, flow_init: Tensor | None = None) -> Prediction:
+        """Run the network on a batch.
+
+        Args:
+            image1, image2: [B, 3, H, W] float RGB in 0..255 (any H, W). ``image2`` is needed for flow; without it a
+                depth or joint model predicts the depth of ``image1`` only.
+            flow_init: [B, 2, H8, W8] warm start on the padded 1/8 grid (``Prediction.flow_low`` of this size, e.g.
+                ``forward_interpolate(previous.flow_low)``), or None.
+
+        Returns:
+            :class:`Prediction` on the CPU, cropped back to H x W.
+        """
+        if image2 is None and not self.predicts_depth:
+            raise ValueError("a flow model needs two images (image2 is None)")
+        padder = InputPadder(image1.shape, mode=self.pad_mode, min_size=self.model.min_size)
+        inputs = [image1.to(self.device, torch.float32)]
+        if image2 is not None:
+            if image2.shape != image1.shape:
+                raise ValueError(f"the two images must have the same size, got {tuple(image1.shape)} and "
+                                 f"{tuple(image2.shape)}")
+            inputs.append(image2.to(self.device, torch.float32))
+        padded = padder.pad(*inputs)
+        if flow_init is not None:
+            expected = (image1.shape[0], 2, padder.padded_shape[0] // 8, padder.padded_shape[1] // 8)
+            if tuple(flow_init.shape) != expected:
+                raise ValueError(f"flow_init must be {list(expected)} (1/8 of the padded input), "
+                                 f"got {list(flow_init.shape)}")
+            flow_init = flow_init.to(self.device, torch.float32)
+
+        if image2 is not None and self._uses_tiles(padder.padded_shape):
+            out = self._run_tiled(padded[0], padded[1], flow_init)
+        else:
+            out = self._forward_padded(padded[0], padded[1] if image2 is not None else None, flow_init)
+        return Prediction(
+            flow=padder.unpad(out["flow"]).cpu().contiguous() if "flow" in out else None,
+            flow_low=out["flow_low"].cpu() if "flow_low" in out else None,
+            disparity=padder.unpad(out["disparity"]).cpu().contiguous() if "disparity" in out else None,
+        )
+
+    def _run_tiled(self, image1: Tensor, image2: Tensor, flow_init: Tensor | None) -> dict[str, Tensor]:
+        grid = TileGrid.plan(image1.shape[-2], image1.shape[-1], self.tile_size, self.tile_min_overlap)
+        logger.debug(f"tiled inference: {len(grid)} tiles of {grid.tile_height}x{grid.tile_width} "
+                     f"over {grid.height}x{grid.width}")
+        flow_channels = 2
+
+        def tile_fn(tile1: Tensor, tile2: Tensor, tile_init: Tensor | None) -> tuple[Tensor, Tensor]:
+            out = self._forward_padded(tile1, tile2, tile_init)
+            full = torch.cat([out["flow"], out["disparity"]], 1) if "disparity" in out else out["flow"]
+            return full, out["flow_low"]
+
+        full, flow_low = run_tiled(tile_fn, image1, image2, grid, flow_init)
+        result = {"flow": full[:, :flow_channels], "flow_low": flow_low}
+        if full.shape[1] > flow_channels:
+            result["disparity"] = full[:, flow_channels:]
+        return result
+
+    # ------------------------------------------------------------------------------------------- numpy API
+    def predict(self, image1: np.ndarray | Tensor, image2: np.ndarray | Tensor,
+                flow_init: np.ndarray | Tensor | None = None) -> np.ndarray:
+        """Flow from ``image1`` to ``image2``: float32 numpy [H, W, 2] in pixels (u right, v down).
+
+        Args:
+            image1, image2: one image each, numpy [H, W(, C)] or torch [(1,) C, H, W], uint8 or float 0..255, grey,
+                RGB or RGBA, any size (both the same).
+            flow_init: optional guess of this pair's flow at full resolution, [H, W, 2] numpy or [2, H, W] torch,
+                in pixels (e.g. a previous estimate); it seeds the recurrent refinement.
+        """
+        frame1, frame2 = to_image_tensor(image1, "image1"), to_image_tensor(image2, "image2")
+        if frame1.shape != frame2.shape:
+            raise ValueError(f"image1 and image2 must have the same size, got {tuple(frame1.shape[1:])} and "
+                             f"{tuple(frame2.shape[1:])}")
+        init = None if flow_init is None else self._downsample_flow(flow_init, frame1.shape[-2:])
+        return self._flow_numpy(self.run(frame1[None], frame2[None], init))
+
+    def _downsample_flow(self, flow: np.ndarray | Tensor, size: tuple[int, int]) -> Tensor:
+        """A full-resolution flow guess [H, W, 2] / [2, H, W] -> the model's [1, 2, H8, W8] warm start."""
+        tensor = torch.from_numpy(np.asarray(flow)).permute(2, 0, 1) if isinstance(flow, np.ndarray) else flow
+        tensor = tensor.detach().float().cpu()
+        if tensor.dim() == 4 and tensor.shape[0] == 1:
+            tensor = tensor[0]
+        if tuple(tensor.shape) != (2, *size):
+            raise ValueError(f"flow_init must be [H, W, 2] (numpy) or [2, H, W] (torch) with H, W = {tuple(size)}, "
+                             f"got {tuple(np.shape(flow))}")
+        padder = InputPadder(tensor.shape, mode=self.pad_mode, min_size=self.model.min_size)
+        (padded,) = padder.pad(tensor[None])
+        return F.avg_pool2d(padded, kernel_size=8) / 8.0
+
+    @staticmethod
+    def _flow_numpy(prediction: Prediction) -> np.ndarray:
+        return prediction.flow[0].permute(1, 2, 0).numpy().astype(np.float32, copy=False)
+
+    def predict_sequence(self, frames: Iterable[np.ndarray | Tensor], warm_start: bool = True) -> Iterator[np.ndarray]:
+        """Flow of every consecutive pair of ``frames`` (an iterable, read lazily: a video is never held whole).
+
+        With ``warm_start`` each pair starts from the previous pair's 1/8-scale flow projected forward
+        (:func:`forward_interpolate`), as RAFT does on Sintel. Yields float32 [H, W, 2] per pair.
+        """
+        previous, flow_low = None, None
+        for index, frame in enumerate(frames):
+            current = to_image_tensor(frame, f"frame {index}")
+            if previous is not None:
+                if current.shape != previous.shape:
+                    raise ValueError(f"frame {index} is {tuple(current.shape[1:])}, the previous frame was "
+                                     f"{tuple(previous.shape[1:])}: all frames of a sequence must have one size")
+                init = forward_interpolate(flow_low) if warm_start and flow_low is not None else None
+                prediction = self.run(previous[None], current[None], init)
+                flow_low = prediction.flow_low
+                yield self._flow_numpy(prediction)
+            previous = current
+
+    def predict_disparity(self, image: np.ndarray | Tensor) -> np.ndarray:
+        """Sigmoid disparity of one image, float32 [H, W] in (0, 1) (depth and joint models)."""
+        if not self.predicts_depth:
+            raise ValueError(f"this is a '{self.cfg.model.type}' model: it predicts no depth (use a depth or joint "
+                             "checkpoint and config)")
+        prediction = self.run(to_image_tensor(image)[None])
+        return prediction.disparity[0, 0].numpy().astype(np.float32, copy=False)
+
+    def predict_depth(self, image: np.ndarray | Tensor) -> np.ndarray:
+        """Depth of one image in metres, float32 [H, W]: ``1 / max(disparity, 1 / depth.max_depth)``."""
+        return self.depth_from_disparity(self.predict_disparity(image))
+
+    def depth_from_disparity(self, disparity: np.ndarray) -> np.ndarray:
+        """Metres from the depth head's sigmoid disparity: ``1 / max(disparity, 1 / depth.max_depth)``."""
+        return disparity_to_depth(torch.from_numpy(np.asarray(disparity)), self.cfg.depth.max_depth).numpy()

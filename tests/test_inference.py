@@ -1,0 +1,334 @@
+"""FlowEstimator (core.inference) and tiled inference (core.tiling).
+
+The tiling machinery is checked exactly with "models" whose output is known (a smooth field encoded in the image):
+the Gaussian blend must reproduce it up to float rounding. The real network is checked against itself (one tile
+covering the image == whole-image inference, bit for bit; overlapping tiles within a measured tolerance) and
+against the official model's golden output (release-style checkpoint with ``module.`` keys, configs/sintel.yaml,
+12 iterations).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.config import load_config
+from core.inference import FlowEstimator, MissingCheckpointError, forward_interpolate, to_image_tensor
+from core.model import atomic_save, build_model
+from core.model.checkpoint import WEIGHTS_FORMAT, CheckpointError
+from core.tiling import TileGrid, run_tiled, tile_origins, tiled_predict
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["model.variant", "protoformer-s", "model.iters", "2"]
+
+
+def small_cfg(*opts: str, model_type: str = "flow"):
+    return load_config(REPO / "configs" / "synthetic.yaml", [*SMALL, "model.type", model_type, *opts])
+
+
+@pytest.fixture(scope="module")
+def estimator() -> FlowEstimator:
+    return FlowEstimator.from_random_init(small_cfg(), seed=0, device="cpu")
+
+
+def textured_pair(height: int, width: int, shift: tuple[int, int] = (1, 2), seed: int = 0) -> tuple[np.ndarray, ...]:
+    """A smooth random texture (uint8 [H, W, 3]) and the same texture shifted by ``shift`` (dy, dx)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.random((height // 6 + 3, width // 6 + 3, 3)).astype(np.float32)
+    big = F.interpolate(torch.from_numpy(coarse).permute(2, 0, 1)[None], scale_factor=6, mode="bicubic")[0]
+    image = np.clip(big.permute(1, 2, 0).numpy() * 255, 0, 255).astype(np.uint8)
+    image1 = np.ascontiguousarray(image[4 : 4 + height, 4 : 4 + width])
+    image2 = np.ascontiguousarray(image[4 - shift[0] : 4 - shift[0] + height, 4 - shift[1] : 4 - shift[1] + width])
+    return image1, image2
+
+
+# ----------------------------------------------------------------------------------------------- tile grid
+
+
+@pytest.mark.parametrize("length, tile, overlap", [(64, 64, 16), (1088, 368, 92), (1920, 496, 124), (136, 64, 8)])
+def test_tile_origins_cover_with_overlap(length, tile, overlap):
+    origins = tile_origins(length, tile, overlap)
+    assert origins[0] == 0 and origins[-1] == length - tile
+    assert all(o % 8 == 0 for o in origins)
+    steps = np.diff(origins)
+    assert (steps > 0).all() and (tile - steps >= overlap).all()  # neighbours share at least `overlap` pixels
+    if len(origins) > 2:  # and no tile could be dropped without breaking the overlap guarantee
+        assert math.ceil((length - tile) / ((tile - overlap) // 8 * 8)) + 1 == len(origins)
+
+
+def test_blend_weights_are_a_partition_of_unity():
+    grid = TileGrid.plan(200, 312, (96, 128), min_overlap=0.25)
+    for scale in (1, 8):
+        total = torch.zeros(200 // scale, 312 // scale)
+        for (top, left), weight in zip(grid.origins, grid.blend_weights(scale)):
+            rows = slice(top // scale, (top + grid.tile_height) // scale)
+            total[rows, left // scale : (left + grid.tile_width) // scale] += weight
+        torch.testing.assert_close(total, torch.ones_like(total), atol=1e-6, rtol=0)
+
+
+def test_blend_weights_favour_the_tile_centre():
+    grid = TileGrid.plan(96, 160, (96, 96), min_overlap=0.25)  # two tiles side by side, 32 columns shared
+    assert grid.origins == ((0, 0), (0, 64))
+    first, second = grid.blend_weights(1)
+    assert first[48, 48] > 0.999 and second[48, 48] > 0.999  # each tile centre belongs to its tile
+    # in the shared columns 64..95 the weight moves from the first tile to the second, equal at the midpoint 80
+    shared = first[48, 64:96]
+    assert (shared[1:] < shared[:-1]).all()
+    assert first[48, 79] > 0.5 > first[48, 80]
+
+
+def _field(height: int, width: int) -> torch.Tensor:
+    """A smooth 3-channel "image" whose first two channels are a known flow field of the absolute position."""
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                            indexing="ij")
+    u = 3.0 * torch.sin(xs / 17.0) + 0.01 * ys
+    v = 2.0 * torch.cos(ys / 11.0) - 0.02 * xs
+    return torch.stack([u, v, u * v])[None]
+
+
+def _known_model(tile1, tile2, init):
+    """A stand-in for the network: flow = first two channels of image1 (+ the warm start), flow_low = its 8x8 means."""
+    flow = tile1[:, :2] + tile2[:, :2]
+    if init is not None:
+        flow = flow + init.repeat_interleave(8, -2).repeat_interleave(8, -1)
+    return flow, F.avg_pool2d(flow, 8)
+
+
+@pytest.mark.parametrize("size, tile", [((128, 192), (64, 96)), ((200, 304), (96, 128)), ((64, 96), (368, 496))])
+def test_run_tiled_reproduces_a_known_field(size, tile):
+    image1, image2 = _field(*size), 0.5 * _field(*size)
+    init = torch.randn(1, 2, size[0] // 8, size[1] // 8)
+    grid = TileGrid.plan(*size, tile, min_overlap=0.25)
+    flow, flow_low = run_tiled(_known_model, image1, image2, grid, flow_init=init)
+    expected, expected_low = _known_model(image1, image2, init)
+    torch.testing.assert_close(flow, expected, atol=2e-5, rtol=1e-6)
+    torch.testing.assert_close(flow_low, expected_low, atol=2e-5, rtol=1e-6)
+
+
+def test_tiled_predict_any_size():
+    image1, image2 = _field(131, 203), _field(131, 203)
+    out = tiled_predict(lambda a, b: a - 0.25 * b, image1, image2, tile_size=(48, 80))
+    torch.testing.assert_close(out, 0.75 * image1, atol=2e-5, rtol=1e-6)
+
+
+def test_tile_grid_rejects_bad_input():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        TileGrid.plan(100, 128, (64, 64))
+    with pytest.raises(ValueError, match="min_overlap"):
+        TileGrid.plan(128, 128, (64, 64), min_overlap=1.0)
+    grid = TileGrid.plan(128, 128, (64, 64))
+    with pytest.raises(ValueError, match="do not match"):
+        run_tiled(_known_model, _field(64, 64), _field(64, 64), grid)
+
+
+# ----------------------------------------------------------------------------------------------- the real network
+
+
+def test_single_tile_equals_whole_image(estimator):
+    image1, image2 = textured_pair(60, 90)
+    whole = estimator.predict(image1, image2)
+    estimator.tile = True
+    try:
+        tiled = estimator.predict(image1, image2)  # tile size (192, 256) covers the padded 64x96: one tile
+    finally:
+        estimator.tile = False
+    np.testing.assert_array_equal(tiled, whole)
+
+
+def test_overlapping_tiles_close_to_whole_image():
+    """With overlapping tiles the flow differs from the whole-image flow: each tile sees less context, and an
+    untrained network's output depends strongly on the global content (GMA attention, prototype clustering).
+
+    Measured for this fixed random protoformer-s (2 iterations) on a 96x144 pair in 4 tiles of 64x96: mean |diff|
+    0.13 px (max 0.74 px) for a mean |flow| of 0.52 px, i.e. about 25 %. The bounds leave a margin of about two;
+    the blending itself is tested exactly above with known fields, and one tile == whole image bit for bit.
+    """
+    cfg = small_cfg("eval.tile_size", "[64, 96]")
+    estimator = FlowEstimator.from_random_init(cfg, seed=0, device="cpu")
+    image1, image2 = textured_pair(96, 144, shift=(2, 3), seed=1)
+    whole = estimator.predict(image1, image2)
+    estimator.tile = True
+    tiled = estimator.predict(image1, image2)
+    difference = np.abs(tiled - whole)
+    scale = np.abs(whole).mean()
+    assert difference.mean() < 0.5 * scale, (difference.mean(), scale)
+    assert difference.max() < 3 * np.abs(whole).max(), difference.max()
+
+
+def test_auto_tiling_threshold(estimator, monkeypatch):
+    import core.inference as inference
+
+    calls = []
+    monkeypatch.setattr(inference, "run_tiled", lambda *a, **k: calls.append(1) or run_tiled(*a, **k))
+    monkeypatch.setattr(inference, "AUTO_TILE_PIXELS", 64 * 96 - 1)
+    estimator.tile = "auto"
+    try:
+        image1, image2 = textured_pair(40, 48)
+        estimator.predict(image1, image2)  # 40x48 pixels: below the threshold, whole image
+        assert not calls
+        image1, image2 = textured_pair(64, 96)
+        estimator.predict(image1, image2)  # above it: tiled
+        assert calls
+    finally:
+        estimator.tile = False
+
+
+def test_predict_output_and_input_layouts(estimator):
+    image1, image2 = textured_pair(45, 67)  # neither side a multiple of 8
+    flow = estimator.predict(image1, image2)
+    assert flow.shape == (45, 67, 2) and flow.dtype == np.float32 and np.isfinite(flow).all()
+    # float 0..255, torch channels-first and a batch of one give the same answer as uint8 numpy
+    as_float = estimator.predict(image1.astype(np.float64), image2.astype(np.float32))
+    as_torch = estimator.predict(torch.from_numpy(image1).permute(2, 0, 1),
+                                 torch.from_numpy(image2).permute(2, 0, 1)[None])
+    np.testing.assert_array_equal(as_float, flow)
+    np.testing.assert_array_equal(as_torch, flow)
+    # grey and RGBA are converted (grey -> three equal channels, alpha dropped)
+    grey1, grey2 = image1[..., 0], image2[..., 0]
+    rgba2 = np.dstack([np.repeat(grey2[..., None], 3, 2), np.full_like(grey2, 7)])
+    np.testing.assert_array_equal(estimator.predict(grey1, rgba2),
+                                  estimator.predict(np.dstack([grey1] * 3), rgba2[..., :3]))
+
+
+def test_to_image_tensor_conversions_and_errors():
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    tensor = to_image_tensor(grey)
+    assert tensor.shape == (3, 3, 4) and tensor.dtype == torch.float32
+    assert (tensor[0] == tensor[2]).all() and tensor[1, 2, 3] == 11
+    assert to_image_tensor(np.full((2, 2), 65535, np.uint16)).max() == 255  # 16-bit scaled to 8-bit range
+    with pytest.raises(ValueError, match="image1"):
+        to_image_tensor(np.zeros((4, 4, 2)), "image1")
+    with pytest.raises(ValueError, match="NaN"):
+        to_image_tensor(np.full((4, 4, 3), np.nan))
+    with pytest.raises(TypeError):
+        to_image_tensor([[1, 2], [3, 4]])
+
+
+def test_mismatched_sizes_are_rejected(estimator):
+    image1, _ = textured_pair(40, 48)
+    _, image2 = textured_pair(40, 56)
+    with pytest.raises(ValueError, match="same size"):
+        estimator.predict(image1, image2)
+
+
+def test_forward_interpolate_matches_a_brute_force_nearest_splat():
+    rng = np.random.default_rng(3)
+    flow = torch.from_numpy(rng.normal(0, 1.5, (2, 6, 7))).float()
+    projected = forward_interpolate(flow).numpy()
+    # reference: every grid pixel takes the flow of the nearest moved point that stayed inside the frame
+    ys, xs = np.mgrid[0:6, 0:7]
+    x1, y1 = xs + flow[0].numpy(), ys + flow[1].numpy()
+    inside = (x1 > 0) & (x1 < 7) & (y1 > 0) & (y1 < 6)
+    points = np.stack([x1[inside], y1[inside]], 1)
+    distance = np.linalg.norm(np.stack([xs, ys], -1)[:, :, None, :] - points[None, None], axis=-1)
+    nearest = distance.argmin(-1)
+    expected = np.stack([flow[0].numpy()[inside][nearest], flow[1].numpy()[inside][nearest]])
+    np.testing.assert_allclose(projected, expected, atol=1e-6)
+    assert forward_interpolate(flow[None]).shape == (1, 2, 6, 7)
+    assert (forward_interpolate(torch.full((2, 3, 3), 50.0)) == 0).all()  # everything left the frame
+
+
+def test_warm_start_and_sequence(estimator):
+    image1, image2 = textured_pair(48, 64, shift=(1, 1))
+    _, image3 = textured_pair(48, 64, shift=(2, 2))
+    frames = [image1, image2, image3]
+    cold = list(estimator.predict_sequence(frames, warm_start=False))
+    warm = list(estimator.predict_sequence(iter(frames), warm_start=True))
+    assert len(cold) == len(warm) == 2
+    np.testing.assert_array_equal(warm[0], cold[0])  # the first pair has nothing to start from
+    first = estimator.run(to_image_tensor(image1)[None], to_image_tensor(image2)[None])
+    second = estimator.run(to_image_tensor(image2)[None], to_image_tensor(image3)[None],
+                           forward_interpolate(first.flow_low))
+    np.testing.assert_array_equal(warm[1], second.flow[0].permute(1, 2, 0).numpy())
+    assert not np.array_equal(warm[1], cold[1])
+    # a full-resolution guess is accepted by predict and changes the result
+    guess = np.full((48, 64, 2), 2.0, np.float32)
+    assert not np.array_equal(estimator.predict(image1, image2, flow_init=guess), cold[0])
+    with pytest.raises(ValueError, match="flow_init"):
+        estimator.predict(image1, image2, flow_init=guess[:40])
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+def _export(cfg, path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    atomic_save({"format": WEIGHTS_FORMAT, "model": build_model(cfg).state_dict(), "config": cfg.dump()}, path)
+    return path
+
+
+def test_from_checkpoint_uses_the_stored_config(tmp_path, estimator):
+    path = _export(small_cfg(), tmp_path / "small.pth")
+    loaded = FlowEstimator.from_checkpoint(path, device="cpu")
+    assert loaded.cfg.model.variant == "protoformer-s" and loaded.iters == 2
+    assert FlowEstimator.from_checkpoint(path, iters=3, device="cpu").iters == 3
+    image1, image2 = textured_pair(40, 48)
+    np.testing.assert_array_equal(loaded.predict(image1, image2), estimator.predict(image1, image2))  # same seed
+    # an explicit config with another variant: the checkpoint's variant wins (only it fits the weights)
+    explicit = FlowEstimator.from_checkpoint(path, config=REPO / "configs" / "sintel.yaml", device="cpu")
+    assert explicit.cfg.model.variant == "protoformer-s" and explicit.iters == 12
+
+
+def test_missing_or_wrong_checkpoint(tmp_path):
+    with pytest.raises(MissingCheckpointError, match="train.py"):
+        FlowEstimator.from_checkpoint(tmp_path / "absent.pth")
+    plain = tmp_path / "plain.pth"
+    torch.manual_seed(0)
+    atomic_save(build_model(small_cfg()).state_dict(), plain)  # no stored config -> defaults = official size
+    with pytest.raises(CheckpointError, match="does not fit"):
+        FlowEstimator.from_checkpoint(plain)
+    assert FlowEstimator.from_checkpoint(plain, config=small_cfg()).cfg.model.variant == "protoformer-s"
+
+
+def test_precision_rules():
+    cfg = small_cfg()
+    model = build_model(cfg)
+    assert FlowEstimator(model, cfg, device="cpu").precision == "fp32"
+    with pytest.raises(ValueError, match="CUDA"):
+        FlowEstimator(model, cfg, device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match="precision"):
+        FlowEstimator(model, cfg, device="cpu", precision="int8")
+
+
+def test_depth_of_depth_and_joint_models(estimator):
+    image1, image2 = textured_pair(50, 70)
+    with pytest.raises(ValueError, match="no depth"):
+        estimator.predict_depth(image1)
+    joint = FlowEstimator.from_random_init(small_cfg(model_type="joint"), seed=0, device="cpu")
+    depth_only = FlowEstimator.from_random_init(small_cfg(model_type="depth"), seed=0, device="cpu")
+    disparity = joint.predict_disparity(image1)
+    depth = joint.predict_depth(image1)
+    assert depth.shape == disparity.shape == (50, 70) and depth.dtype == np.float32
+    np.testing.assert_allclose(depth, 1.0 / np.maximum(disparity, 1.0 / 80.0), rtol=1e-6)
+    assert 1.0 <= depth.min() and depth.max() <= 80.0
+    # the joint model's depth of frame 1 is the same whether it also estimates flow or not
+    pair = joint.run(to_image_tensor(image1)[None], to_image_tensor(image2)[None])
+    np.testing.assert_allclose(pair.disparity[0, 0].numpy(), disparity, atol=1e-6)
+    assert pair.flow.shape == (1, 2, 50, 70)
+    assert depth_only.predict_depth(image1).shape == (50, 70)
+    with pytest.raises(ValueError, match="two images"):
+        estimator.run(to_image_tensor(image1)[None])
+
+
+def test_official_release_checkpoint_reproduces_golden_output(fixtures_dir, tmp_path):
+    """A release-style file (``module.`` keys, official names) + configs/sintel.yaml + 12 iterations."""
+    golden = torch.load(fixtures_dir / "golden_flow.pt", weights_only=True)
+    weights = torch.load(fixtures_dir / "weights_seed0_fp16.pt", weights_only=True)
+    release = {f"module.{k}": v.float() if v.is_floating_point() else v for k, v in weights.items()}
+    path = tmp_path / "sintel.pth"
+    torch.save(release, path)
+    estimator = FlowEstimator.from_checkpoint(path, config=REPO / "configs" / "sintel.yaml", iters=12, device="cpu")
+    assert estimator.cfg.model.variant == "protoformer"
+    image1, image2 = golden["image1"][0], golden["image2"][0]
+    flow = estimator.predict(image1.permute(1, 2, 0).numpy(), image2.permute(1, 2, 0).numpy())
+    expected = golden["outputs"]["flow_up"][0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(flow, expected, atol=1e-4, rtol=0)
+    prediction = estimator.run(image1[None], image2[None])
+    torch.testing.assert_close(prediction.flow_low, golden["outputs"]["flow_low"], atol=1e-4, rtol=0)
+    warm = estimator.run(image1[None], image2[None], flow_init=golden["warm_flow_init"])
+    torch.testing.assert_close(warm.flow, golden["warm_outputs"]["flow_up"], atol=1e-4, rtol=0)
