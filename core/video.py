@@ -14,7 +14,6 @@ run never leaves a truncated video under the final name.
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +23,7 @@ import numpy as np
 from loguru import logger
 
 from core.data.formats import read_image
+from core.utils.atomic import publish, temporary_path_beside
 
 MIN_FRAMES = 2
 DEFAULT_FPS = 10.0  # frame folders carry no frame rate
@@ -186,7 +186,7 @@ class VideoWriter:
         self._writer: cv2.VideoWriter | None = None
         # a unique hidden name beside the destination (same file system, so the final rename is atomic); it must
         # end in .mp4 for OpenCV to pick the container
-        self._temp = self.path.parent / f".{self.path.stem}.{uuid.uuid4().hex[:12]}.tmp.mp4"
+        self._temp = temporary_path_beside(self.path)
 
     def write(self, frame: np.ndarray) -> None:
         """Append one ``uint8 [H, W, 3]`` RGB frame."""
@@ -222,7 +222,7 @@ class VideoWriter:
             self.abort()
             raise ValueError(f"{self.path}: no frame was written")
         self._writer.release()
-        os.replace(self._temp, self.path)
+        publish(self._temp, self.path)
         self._temp, self._writer = None, None
         return self.path
 

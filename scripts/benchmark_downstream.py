@@ -52,6 +52,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.data.synthetic import render_pair  # noqa: E402
+from core.utils.atomic import atomic_write_text  # noqa: E402
 from core.flow_backends import BACKENDS, make_flow_backend  # noqa: E402
 from core.inference import DEFAULT_CHECKPOINT  # noqa: E402
 from core.video import open_frames  # noqa: E402
@@ -575,9 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"quick": args.quick, "smooth_sigma": settings_.sigma, "notes": notes,
                "stabilisation": stabilisation, "tracking": tracking_summary, "tracking_per_clip": tracking}
-    temporary = args.out.with_name(f".{args.out.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=1))
-    temporary.replace(args.out)
+    atomic_write_text(args.out, json.dumps(payload, indent=1))
     logger.info(f"wrote {args.out}")
     return 0
 

@@ -67,6 +67,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.flow_backends import BACKENDS, FlowFn, make_flow_backend  # noqa: E402
+from core.utils.atomic import atomic_path, atomic_write_text  # noqa: E402
 from core.video import FrameSource, VideoError, VideoWriter, open_frames  # noqa: E402
 
 MOTION_MODELS = ("similarity", "affine", "homography")
@@ -599,10 +600,9 @@ def plot_camera_path(raw: np.ndarray, smooth: np.ndarray, path: Path) -> None:
     axes[0].set_title("camera path (frame-0 coordinates, centre of the frame)")
     axes[-1].set_xlabel("frame")
     figure.tight_layout()
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=80)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=80)
     plt.close(figure)
-    temporary.replace(path)
 
 
 def _report(source: FrameSource, result: Stabilization, sigma: float) -> dict[str, Any]:
@@ -628,9 +628,7 @@ def _report(source: FrameSource, result: Stabilization, sigma: float) -> dict[st
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=1))
-    temporary.replace(path)
+    atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

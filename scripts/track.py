@@ -56,6 +56,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.flow_backends import BACKENDS, FlowFn, make_flow_backend  # noqa: E402
+from core.utils.atomic import publish, temporary_path_beside  # noqa: E402
 from core.video import FrameSource, VideoError, VideoWriter, open_frames  # noqa: E402
 
 BOX_GRID = 16  # box points per side
@@ -438,14 +439,14 @@ class _CsvOutput:
     """A CSV written to a temporary file and moved into place on close (like the video)."""
 
     def __init__(self, name: str, path: Path, header: list[str]):
-        self.name, self.path, self.temporary = name, path, path.with_name(f".{path.name}.tmp")
+        self.name, self.path, self.temporary = name, path, temporary_path_beside(path)
         self.handle = self.temporary.open("w", newline="")
         self.writer = csv.writer(self.handle)
         self.writer.writerow(header)
 
     def close(self) -> None:
         self.handle.close()
-        self.temporary.replace(self.path)
+        publish(self.temporary, self.path)
 
     def abort(self) -> None:
         self.handle.close()

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import cv2
 import numpy as np
+
+from core.utils.atomic import atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
 
@@ -49,21 +50,6 @@ def _read_bytes(path: PathLike, what: str) -> bytes:
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
     return path.read_bytes()
-
-
-def _atomic_write_bytes(path: PathLike, payload: bytes) -> None:
-    """Write ``payload`` to a temporary file beside ``path`` and move it into place."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            temp_file.write(payload)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 def _check_size(path: PathLike, what: str, width: int, height: int) -> None:
@@ -138,7 +124,7 @@ def write_image(path: PathLike, image: np.ndarray) -> None:
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"image for {path} must be uint8 [H, W, 3] or [H, W], got {image.dtype} {image.shape}")
     pixels = image[..., ::-1] if image.ndim == 3 else image
-    _atomic_write_bytes(path, _encode(path, np.ascontiguousarray(pixels), Path(path).suffix or ".png"))
+    atomic_write_bytes(path, _encode(path, np.ascontiguousarray(pixels), Path(path).suffix or ".png"))
 
 
 # ----------------------------------------------------------------------------------------------- .flo
@@ -161,7 +147,7 @@ def write_flo(path: PathLike, flow: np.ndarray) -> None:
     """Write ``flow`` [H, W, 2] (u, v) as a Middlebury ``.flo`` file."""
     flow = _as_float_array(flow, "flow", ndim=(3,), channels=2)
     header = np.array([(FLO_TAG, flow.shape[1], flow.shape[0])], dtype=_FLO_HEADER)
-    _atomic_write_bytes(path, header.tobytes() + flow.astype("<f4").tobytes())
+    atomic_write_bytes(path, header.tobytes() + flow.astype("<f4").tobytes())
 
 
 # ----------------------------------------------------------------------------------------------- .pfm
@@ -195,7 +181,7 @@ def write_pfm(path: PathLike, data: np.ndarray, little_endian: bool = True) -> N
     magic = b"PF" if data.ndim == 3 else b"Pf"
     header = magic + b"\n%d %d\n%s\n" % (data.shape[1], data.shape[0], b"-1.0" if little_endian else b"1.0")
     rows = np.flipud(data).astype("<f4" if little_endian else ">f4")
-    _atomic_write_bytes(path, header + rows.tobytes())
+    atomic_write_bytes(path, header + rows.tobytes())
 
 
 # ----------------------------------------------------------------------------------------------- KITTI PNG
@@ -231,7 +217,7 @@ def write_kitti_flow(path: PathLike, flow: np.ndarray, valid: np.ndarray | None 
         raise ValueError(f"flow for {path} has valid values outside the KITTI range [-512, 512) or non-finite")
     encoded = np.where(valid_mask[..., None], encoded, 0.0)
     rgb = np.concatenate([encoded, valid_mask[..., None].astype(np.float64)], axis=2).astype(np.uint16)
-    _atomic_write_bytes(path, _encode(path, np.ascontiguousarray(rgb[..., ::-1]), ".png"))
+    atomic_write_bytes(path, _encode(path, np.ascontiguousarray(rgb[..., ::-1]), ".png"))
 
 
 def read_kitti_disparity(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +247,7 @@ def write_kitti_disparity(path: PathLike, disparity: np.ndarray, valid: np.ndarr
                                   and valid_values.max() <= _UINT16_MAX / KITTI_DISPARITY_SCALE):
         raise ValueError(f"disparity for {path} has valid values outside [0, {_UINT16_MAX / 256:.3f}] or non-finite")
     codes = np.clip(np.round(np.where(valid_mask, disparity, 0.0) * KITTI_DISPARITY_SCALE), 1, _UINT16_MAX)
-    _atomic_write_bytes(path, _encode(path, np.where(valid_mask, codes, 0).astype(np.uint16), ".png"))
+    atomic_write_bytes(path, _encode(path, np.where(valid_mask, codes, 0).astype(np.uint16), ".png"))
 
 
 # ----------------------------------------------------------------------------------------------- Sintel
@@ -284,7 +270,7 @@ def write_dpt(path: PathLike, depth: np.ndarray) -> None:
     """Write ``depth`` [H, W] as a Sintel ``.dpt`` file."""
     depth = _as_float_array(depth, "depth", ndim=(2,))
     header = np.array([(FLO_TAG, depth.shape[1], depth.shape[0])], dtype=_FLO_HEADER)
-    _atomic_write_bytes(path, header.tobytes() + depth.astype("<f4").tobytes())
+    atomic_write_bytes(path, header.tobytes() + depth.astype("<f4").tobytes())
 
 
 def read_sintel_camera(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -305,7 +291,7 @@ def write_sintel_camera(path: PathLike, intrinsics: np.ndarray, extrinsics: np.n
     if intrinsics.shape != (3, 3) or extrinsics.shape != (3, 4):
         raise ValueError(f"camera matrices must be [3, 3] and [3, 4], got {intrinsics.shape}, {extrinsics.shape}")
     payload = np.float32(FLO_TAG).astype("<f4").tobytes() + intrinsics.astype("<f8").tobytes()
-    _atomic_write_bytes(path, payload + extrinsics.astype("<f8").tobytes())
+    atomic_write_bytes(path, payload + extrinsics.astype("<f8").tobytes())
 
 
 def read_mask(path: PathLike) -> np.ndarray:
@@ -323,7 +309,7 @@ def write_mask(path: PathLike, mask: np.ndarray) -> None:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask for {path} must be [H, W], got shape {mask.shape}")
-    _atomic_write_bytes(path, _encode(path, np.where(mask > 0, 255, 0).astype(np.uint8), ".png"))
+    atomic_write_bytes(path, _encode(path, np.where(mask > 0, 255, 0).astype(np.uint8), ".png"))
 
 
 # ----------------------------------------------------------------------------------------------- dispatch

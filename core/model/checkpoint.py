@@ -8,9 +8,7 @@ error, so a checkpoint can never load half-way silently.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,6 +17,7 @@ from loguru import logger
 from torch import Tensor, nn
 
 from core.model import cost_memory, depth_decoder, encoder, flow_decoder
+from core.utils.atomic import atomic_path
 
 WEIGHTS_FORMAT = "protoformer-weights-v1"
 
@@ -162,17 +161,8 @@ def load_weights(model: nn.Module, checkpoint: str | Path | Mapping[str, Any]) -
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """``torch.save`` through a temporary file and a rename: a crash never leaves half a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary:
+        torch.save(obj, temporary)
