@@ -322,13 +322,7 @@ class FlowEstimator:
     def _forward_padded(self, image1: Tensor, image2: Tensor | None, flow_init: Tensor | None) -> dict[str, Tensor]:
         """One network pass on padded inputs; returns the last flow, flow_low and disparity (those that exist)."""
         with self._autocast():
-            if self.predicts_flow:
-                if image2 is None:  # depth of a joint model: the flow path needs some second frame
-                    out = self.model(image1, image1, iters=1)
-                else:
-                    out = self.model(image1, image2, iters=self.iters, flow_init=flow_init)
-            else:
-                out = self.model(image1)
+            out = self.model(image1, image2, iters=self.iters, flow_init=flow_init)
         result = {}
         if "flow" in out and image2 is not None:
             result["flow"] = out["flow"][-1].float()

@@ -95,6 +95,15 @@ def test_depth_model_ignores_second_frame(fixtures_dir, golden):
     assert not hasattr(model, "cost_memory") and not hasattr(model, "feature_encoder")
 
 
+def test_joint_model_without_second_frame_predicts_depth_only(fixtures_dir, golden):
+    ref = golden["joint"]
+    model = _official_model(fixtures_dir, ref, "joint")
+    with torch.no_grad():
+        out = model(ref["image1"])
+    assert set(out) == {"disparity"}
+    torch.testing.assert_close(out["disparity"][-1], ref["outputs"]["disp_up"], atol=1e-5, rtol=0)
+
+
 def test_official_parameters_are_all_accounted_for(fixtures_dir):
     """Every official tensor is loaded into the joint model or is one of the documented unused ones."""
     official = torch.load(fixtures_dir / "weights_seed0_fp16.pt", weights_only=True)

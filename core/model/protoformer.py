@@ -76,7 +76,8 @@ class ProtoFormer(nn.Module):
         """Estimate flow from ``image1`` to ``image2`` and/or the depth of ``image1``.
 
         Args:
-            image1, image2: [B, 3, H, W] RGB in 0..255 (any H, W; padded internally). ``image2`` is needed for flow.
+            image1, image2: [B, 3, H, W] RGB in 0..255 (any H, W; padded internally). ``image2`` is needed by a
+                flow model; without it a joint model predicts the depth of ``image1`` only.
             iters: flow refinement iterations (default: ``self.iters``).
             flow_init: [B, 2, ceil(H/8), ceil(W/8)] warm start at 1/8 scale, in 1/8-scale pixels (e.g. the
                 ``flow_low`` of the previous pair, forward-projected).
@@ -94,7 +95,7 @@ class ProtoFormer(nn.Module):
         context = self.context_encoder(image1)
 
         out: dict[str, Tensor | list[Tensor]] = {}
-        if self.predicts_flow:
+        if self.predicts_flow and image2 is not None:
             image2 = self._normalise(padder, image2)
             feat1, feat2 = self.feature_encoder(torch.cat([image1, image2]))[-1].chunk(2)
             cost_memory, cost_maps = self.cost_memory(feat1, feat2, context[-1])
@@ -120,8 +121,8 @@ class ProtoFormer(nn.Module):
 
     def _check_inputs(self, image1: Tensor, image2: Tensor | None, flow_init: Tensor | None) -> None:
         images = {"image1": image1} if image2 is None else {"image1": image1, "image2": image2}
-        if self.predicts_flow and image2 is None:
-            raise ValueError(f"a '{self.model_type}' model estimates flow and needs image2")
+        if self.model_type == "flow" and image2 is None:
+            raise ValueError("a 'flow' model needs image2")
         for name, image in images.items():
             if not isinstance(image, Tensor) or image.dim() != 4 or image.shape[1] != 3:
                 shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
