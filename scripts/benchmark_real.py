@@ -1,0 +1,297 @@
+"""Real-image benchmark: ProtoFormer against OpenCV DIS (medium preset) and Farneback on real photographs.
+
+    python scripts/benchmark_real.py                                    # default checkpoint, ../shared/realdata
+    python scripts/benchmark_real.py --ckpt /tmp/pf.pth --scale 1 0.5 --previews docs/real
+    python scripts/benchmark_real.py --data DIR --iters 12 --out runs/benchmark_real/results.json
+
+Accuracy is measured on the Middlebury 2014 "Motorcycle" stereo pair (``DIR/motorcycle``: ``im0.png`` left,
+``im1.png`` right, ``flow_gt.flo`` = the left-to-right flow ``(-disparity, 0)``, ``valid.png`` with 255 = valid).
+Every method computes the flow from ``im0`` to ``im1``; the metrics of :func:`core.metrics.flow_metrics` are taken
+over the valid pixels: EPE (mean end-point error, px), 1px / 3px (share of pixels with EPE < 1 / 3 px) and Fl-all
+(percent of pixels with EPE > 3 px and > 5 % of the true motion). The runtime is the wall time of that one call
+(``im0`` and ``im1`` as uint8 RGB in, flow out; model loading excluded, no warm-up) on this machine.
+
+The network can also be run at scaled resolutions (``--scale 1 0.5``: one row per scale): the frames are resized
+by the factor, and the flow is resized back and its vectors divided by the factor. DIS and Farneback always run at
+full resolution. Stereo pairs have purely horizontal motion, which none of the methods is told. A last row, zero
+flow, shows where chance lies (its EPE is the mean true motion).
+
+Outputs: a Markdown table on stdout (ready for the README), ``--out`` (JSON with every number and the settings),
+and with ``--previews DIR`` small PNGs for visual checks: ``motorcycle.png`` (image | GT | ours | DIS, one colour
+scale: the largest valid GT motion) and ``rubberwhale.png``, ``basketball.png`` (image | ours | DIS, one colour
+scale per pair: the 99th percentile of the DIS motion), where ours is the first ``--scale``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from loguru import logger
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from core.data.formats import read_flo, read_image, read_mask, write_image  # noqa: E402
+from core.flow_backends import FlowFn, make_flow_backend  # noqa: E402
+from core.inference import DEFAULT_CHECKPOINT, FlowEstimator, MissingCheckpointError  # noqa: E402
+from core.metrics import flow_metrics  # noqa: E402
+from core.model.checkpoint import CheckpointError  # noqa: E402
+from core.utils.atomic import atomic_write_text  # noqa: E402
+from core.utils.flow_viz import flow_to_color  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "realdata"
+DEFAULT_OUT = REPO / "runs" / "benchmark_real" / "results.json"
+STEREO_PAIR = "motorcycle"
+STEREO_FILES = ("im0.png", "im1.png", "flow_gt.flo", "valid.png")
+VISUAL_PAIRS = ("rubberwhale", "basketball")  # folders with frame1.png, frame2.png and no ground truth
+REPORTED_METRICS = ("epe", "1px", "3px", "fl_all")
+PREVIEW_TILE_WIDTH = 200  # px, width of each panel of a preview image
+VISUAL_RADIUS_PERCENTILE = 99.0  # colour scale of the pairs without ground truth
+ZERO_FLOW = "zero flow (reference)"
+
+
+@dataclass
+class StereoPair:
+    """The motorcycle pair: frames uint8 [H, W, 3] RGB, ground-truth flow float32 [H, W, 2] (px), valid bool [H, W]."""
+
+    image1: np.ndarray
+    image2: np.ndarray
+    flow: np.ndarray
+    valid: np.ndarray
+
+
+@dataclass
+class Method:
+    """One row of the table: a name, the flow function and how it was set up."""
+
+    name: str
+    flow_fn: FlowFn
+    settings: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def load_stereo_pair(data: Path) -> StereoPair:
+    """Read ``data/motorcycle`` (see the module docstring).
+
+    Raises:
+        FileNotFoundError: the data folder, the pair's folder or one of its files is missing.
+        ValueError: the files disagree in size or no pixel is valid.
+    """
+    if not data.is_dir():
+        raise FileNotFoundError(f"--data: real-image folder not found: {data} (expected {STEREO_PAIR}/ with "
+                                f"{', '.join(STEREO_FILES)}; see ../shared/realdata/README.md)")
+    folder = data / STEREO_PAIR
+    missing = [name for name in STEREO_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--data: {folder} lacks {', '.join(missing)} (expected {', '.join(STEREO_FILES)})")
+    image1, image2 = read_image(folder / "im0.png"), read_image(folder / "im1.png")
+    flow, valid = read_flo(folder / "flow_gt.flo"), read_mask(folder / "valid.png")
+    size = image1.shape[:2]
+    for name, array in (("im1.png", image2), ("flow_gt.flo", flow), ("valid.png", valid)):
+        if array.shape[:2] != size:
+            raise ValueError(f"{folder / name} is {array.shape[1]}x{array.shape[0]}, im0.png is {size[1]}x{size[0]}")
+    valid &= np.isfinite(flow).all(axis=2)
+    if not valid.any():
+        raise ValueError(f"{folder / 'valid.png'}: no valid pixel")
+    return StereoPair(image1, image2, flow, valid)
+
+
+def load_visual_pair(data: Path, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """``data/name/frame1.png`` and ``frame2.png`` as uint8 RGB, or None (with a warning) if the folder is absent."""
+    folder = data / name
+    frames = [folder / "frame1.png", folder / "frame2.png"]
+    if not all(path.is_file() for path in frames):
+        logger.warning(f"no preview of {name}: {frames[0]} or {frames[1]} is missing")
+        return None
+    image1, image2 = (read_image(path) for path in frames)
+    if image1.shape != image2.shape:
+        raise ValueError(f"{folder}: frame1.png is {image1.shape[:2]}, frame2.png is {image2.shape[:2]}")
+    return image1, image2
+
+
+# ----------------------------------------------------------------------------------------------- methods
+
+
+def scaled(flow_fn: FlowFn, scale: float) -> FlowFn:
+    """Run ``flow_fn`` on frames resized by ``scale``; return the flow at the input size, in input pixels."""
+    if scale == 1.0:
+        return flow_fn
+
+    def flow_at_scale(image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
+        height, width = image1.shape[:2]
+        size = (max(8, round(width * scale)), max(8, round(height * scale)))
+        interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+        flow = flow_fn(*(cv2.resize(image, size, interpolation=interpolation) for image in (image1, image2)))
+        flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR)
+        return flow * np.array([width / size[0], height / size[1]], np.float32)
+
+    return flow_at_scale
+
+
+def zero_flow(image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
+    """The reference a method must beat: no motion anywhere (its EPE is the mean true motion)."""
+    return np.zeros((*image1.shape[:2], 2), np.float32)
+
+
+def build_methods(ckpt: Path, config: Path | None, iters: int | None, scales: list[float]) -> list[Method]:
+    """ProtoFormer at every scale, then DIS (medium) and Farneback (the settings of :mod:`core.flow_backends`),
+    then the zero-flow reference."""
+    estimator = FlowEstimator.from_checkpoint(ckpt, config=config, iters=iters)
+    described = {"checkpoint": str(ckpt), **estimator.describe()}
+    methods = [Method(f"ProtoFormer ({estimator.cfg.model.variant}, {estimator.iters} it, scale {scale:g})",
+                      scaled(estimator.predict, scale), {**described, "scale": scale}) for scale in scales]
+    methods.append(Method("DIS (OpenCV, medium)", make_flow_backend("dis"), {"preset": "medium", "scale": 1.0}))
+    methods.append(Method("Farneback (OpenCV)", make_flow_backend("farneback"), {"scale": 1.0}))
+    methods.append(Method(ZERO_FLOW, zero_flow, {"scale": 1.0}))
+    return methods
+
+
+def timed_flow(flow_fn: FlowFn, image1: np.ndarray, image2: np.ndarray) -> tuple[np.ndarray, float]:
+    """(flow float32 [H, W, 2], wall seconds) of one call."""
+    start = time.perf_counter()
+    flow = flow_fn(image1, image2)
+    return np.asarray(flow, np.float32), time.perf_counter() - start
+
+
+def evaluate(method: Method, pair: StereoPair) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics and runtime of one method on the stereo pair, and its flow [H, W, 2]."""
+    flow, seconds = timed_flow(method.flow_fn, pair.image1, pair.image2)
+    metrics = flow_metrics(torch.from_numpy(flow).permute(2, 0, 1), torch.from_numpy(pair.flow).permute(2, 0, 1),
+                           torch.from_numpy(pair.valid)[None])
+    logger.info(f"{method.name}: EPE {metrics['epe']:.3f} px, Fl-all {metrics['fl_all']:.2f} %, {seconds:.3f} s")
+    return {**metrics, "seconds": seconds}, flow
+
+
+# ----------------------------------------------------------------------------------------------- output
+
+
+def markdown_table(rows: list[dict[str, Any]], size: tuple[int, int]) -> str:
+    """The README table: one line per method."""
+    lines = [
+        f"Motorcycle stereo pair (Middlebury 2014, {size[1]}x{size[0]}), flow im0 -> im1 over valid pixels:",
+        "",
+        "| method | EPE (px) | 1px (%) | 3px (%) | Fl-all (%) | runtime (s/pair) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        metrics = row["metrics"]
+        lines.append(f"| {row['method']} | {metrics['epe']:.2f} | {100 * metrics['1px']:.1f} | "
+                     f"{100 * metrics['3px']:.1f} | {metrics['fl_all']:.1f} | {metrics['seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _panel(image: np.ndarray, label: str) -> np.ndarray:
+    """``image`` resized to :data:`PREVIEW_TILE_WIDTH` px wide with ``label`` in its top-left corner."""
+    height, width = image.shape[:2]
+    size = (PREVIEW_TILE_WIDTH, max(1, round(height * PREVIEW_TILE_WIDTH / width)))
+    panel = np.ascontiguousarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA))
+    for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
+        cv2.putText(panel, label, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, thickness, cv2.LINE_AA)
+    return panel
+
+
+def write_preview(path: Path, image: np.ndarray, flows: dict[str, np.ndarray], max_radius: float,
+                  valid: np.ndarray | None = None) -> None:
+    """Side-by-side PNG: the first frame, then every flow coloured with the same ``max_radius`` (px)."""
+    panels = [_panel(image, "image")]
+    panels += [_panel(flow_to_color(flow, max_radius=max_radius, valid=valid if label == "GT" else None), label)
+               for label, flow in flows.items()]
+    write_image(path, np.concatenate(panels, axis=1))
+    logger.info(f"wrote {path}")
+
+
+def visual_previews(data: Path, folder: Path, ours: Method, dis: Method) -> dict[str, dict[str, float]]:
+    """Previews of the pairs without ground truth; returns the runtimes (s) of ours and DIS on them."""
+    runtimes = {}
+    for name in VISUAL_PAIRS:
+        frames = load_visual_pair(data, name)
+        if frames is None:
+            continue
+        flow_ours, seconds_ours = timed_flow(ours.flow_fn, *frames)
+        flow_dis, seconds_dis = timed_flow(dis.flow_fn, *frames)
+        radius = float(np.percentile(np.linalg.norm(flow_dis, axis=2), VISUAL_RADIUS_PERCENTILE))
+        write_preview(folder / f"{name}.png", frames[0], {"ours": flow_ours, "DIS": flow_dis}, max(radius, 1.0))
+        runtimes[name] = {"ours_seconds": seconds_ours, "dis_seconds": seconds_dis, "max_radius": radius}
+    return runtimes
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", type=Path, default=REPO / DEFAULT_CHECKPOINT,
+                        help=f"ProtoFormer checkpoint (default: {DEFAULT_CHECKPOINT} in the repository)")
+    parser.add_argument("--config", type=Path, help="its config (default: the one stored with the checkpoint)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="real-image folder with motorcycle/ (default: ../shared/realdata beside the repository)")
+    parser.add_argument("--iters", type=int, help="refinement iterations (default: model.iters of the config)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="JSON result file (default: runs/benchmark_real/results.json)")
+    parser.add_argument("--previews", type=Path, metavar="DIR", help="also write preview PNGs into DIR")
+    parser.add_argument("--scale", type=float, nargs="+", default=[1.0], metavar="S",
+                        help="run the network on frames resized by S (one row per value; default 1)")
+    args = parser.parse_args(argv)
+    if args.iters is not None and args.iters < 1:
+        parser.error(f"--iters must be >= 1, got {args.iters}")
+    if any(not 0.05 <= scale <= 4.0 for scale in args.scale):
+        parser.error(f"--scale must lie in [0.05, 4], got {args.scale}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole benchmark; returns what is written to ``--out``."""
+    pair = load_stereo_pair(args.data)
+    methods = build_methods(args.ckpt, args.config, args.iters, args.scale)
+    rows, flows = [], []
+    for method in methods:
+        metrics, flow = evaluate(method, pair)
+        rows.append({"method": method.name, "settings": method.settings, "metrics": metrics})
+        flows.append(flow)
+    ours, dis = methods[0], methods[len(args.scale)]  # the first scale; build_methods puts DIS after the scales
+    result: dict[str, Any] = {
+        "pair": STEREO_PAIR, "data": str(args.data), "size": list(pair.flow.shape[:2]),
+        "valid_pixels": int(pair.valid.sum()), "direction": "im0 -> im1 (left to right), gt = (-disparity, 0)",
+        "metrics_note": "epe in px; 1px, 3px in [0, 1]; fl_all in percent; seconds = wall time of one call",
+        "torch_threads": torch.get_num_threads(), "cv2_threads": cv2.getNumThreads(), "machine": platform.machine(),
+        "rows": rows, "markdown": markdown_table(rows, pair.flow.shape[:2]),
+    }
+    if args.previews is not None:
+        args.previews.mkdir(parents=True, exist_ok=True)
+        radius = float(np.linalg.norm(pair.flow[pair.valid], axis=1).max())
+        write_preview(args.previews / f"{STEREO_PAIR}.png", pair.image1,
+                      {"GT": pair.flow, "ours": flows[0], "DIS": flows[methods.index(dis)]}, radius, pair.valid)
+        result["previews"] = {"folder": str(args.previews), "ours": ours.name, "motorcycle_max_radius": radius,
+                              **visual_previews(args.data, args.previews, ours, dis)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    logger.info(f"wrote {args.out}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except (MissingCheckpointError, CheckpointError, FileNotFoundError, ValueError) as err:
+        logger.error(str(err))
+        return 2
+    sys.stdout.write(result["markdown"])  # the product of the script, for pasting into the README
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
