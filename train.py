@@ -64,6 +64,7 @@ from core.utils.distributed import (
     broadcast_object,
     distributed_session,
 )
+from core.utils.atomic import atomic_write_text
 from core.utils.flow_viz import depth_to_color, flow_to_color
 from core.utils.logs import TrainingMonitor, logging_session
 from core.utils.precision import Precision
@@ -642,7 +643,8 @@ def evaluate(model: nn.Module, dataset: Dataset, name: str, cfg: CfgNode, precis
 def export_weights(work_dir: Path, output: Path, half: bool = False) -> Path:
     """Write the weights of ``best.pth`` (else ``latest.pth``) as a release file; returns the source checkpoint.
 
-    The file is ``{"format": "protoformer-weights-v1", "model": state_dict, "config": cfg.dump()}``, readable with
+    The file is ``{"format": "protoformer-weights-v1", "model": state_dict, "config": cfg.dump()}`` (the config is
+    also written beside it as ``<output stem>.yaml``), readable with
     ``torch.load(path, weights_only=True)`` and :func:`core.model.checkpoint.load_weights`; ``half`` stores float
     tensors as float16 (half the size; the loader casts them back).
     """
@@ -656,8 +658,9 @@ def export_weights(work_dir: Path, output: Path, half: bool = False) -> Path:
     model = {key: value.half() if half and value.is_floating_point() else value
              for key, value in checkpoint["model"].items()}
     atomic_save({"format": WEIGHTS_FORMAT, "model": model, "config": checkpoint["config"]}, output)
+    atomic_write_text(output.with_suffix(".yaml"), checkpoint["config"])
     logger.info(f"exported the weights of {source} (step {checkpoint['step']}) to {output}"
-                + (" in float16" if half else ""))
+                + (" in float16" if half else "") + f", its config to {output.with_suffix('.yaml')}")
     return source
 
 

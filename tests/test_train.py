@@ -347,6 +347,7 @@ def test_validation_logging_best_checkpoint_and_export(tmp_path):
         assert train.main(["--work-dir", str(tmp_path), "--export", str(out)] + (["--fp16"] if half else [])) == 0
         release = torch.load(out, weights_only=True)
         assert release["format"] == WEIGHTS_FORMAT and "stage: synthetic" in release["config"]
+        assert out.with_suffix(".yaml").read_text() == release["config"]
         dtype = torch.float16 if half else torch.float32
         assert all(v.dtype == dtype for v in release["model"].values() if v.is_floating_point())
         model = load_weights(build_model(cfg), out)
