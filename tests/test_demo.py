@@ -161,3 +161,23 @@ def test_depth_outputs_of_a_joint_model(tmp_path):
     flow_ckpt = _export(tmp_path / "flow.pth")
     assert demo.main(["--input", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--output", str(out),
                       "--ckpt", str(flow_ckpt), "--depth"]) == 2
+
+
+def test_official_release_checkpoint_through_the_cli(fixtures_dir, tmp_path):
+    """demo.py and evaluate.py's engine with a release-style file (``module.`` keys) and configs/sintel.yaml,
+    12 iterations: the written .flo reproduces the official 12-iteration output."""
+    golden = torch.load(fixtures_dir / "golden_flow.pt", weights_only=True)
+    weights = torch.load(fixtures_dir / "weights_seed0_fp16.pt", weights_only=True)
+    release = tmp_path / "sintel_release.pth"
+    torch.save({f"module.{k}": v.float() if v.is_floating_point() else v for k, v in weights.items()}, release)
+    frames = []
+    for name, image in (("a.png", golden["image1"]), ("b.png", golden["image2"])):
+        frames.append(tmp_path / name)
+        formats.write_image(frames[-1], image[0].permute(1, 2, 0).round().to(torch.uint8).numpy())
+    config = Path(__file__).resolve().parents[1] / "configs" / "sintel.yaml"
+    out = tmp_path / "out"
+    assert demo.main(["--input", *map(str, frames), "--output", str(out), "--ckpt", str(release),
+                      "--config", str(config), "--iters", "12", "--save-flo"]) == 0
+    flow = formats.read_flo(out / "a.flo")
+    expected = golden["outputs"]["flow_up"][0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(flow, expected, atol=1e-4, rtol=0)
