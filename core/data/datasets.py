@@ -92,7 +92,32 @@ def repeat(dataset: Dataset, times: int) -> Dataset:
     return dataset if times == 1 else RepeatDataset(dataset, times)
 
 
-class FlowDataset(Dataset):
+class OfficialLayout:
+    """Checks that a dataset's files are where its official layout puts them; errors show that layout.
+
+    Subclasses set ``layout`` (the expected tree, shown in every error).
+    """
+
+    layout: ClassVar[str] = ""
+
+    @classmethod
+    def _missing(cls, path: Path, what: str) -> NoReturn:
+        raise DatasetNotFoundError(f"{cls.__name__}: {what} {path}\nExpected layout:\n{cls.layout.strip()}")
+
+    @classmethod
+    def _require(cls, path: Path, what: str = "missing folder") -> Path:
+        if not path.is_dir():
+            cls._missing(path, what)
+        return path
+
+    @classmethod
+    def _require_file(cls, path: Path, what: str) -> Path:
+        if not path.is_file():
+            cls._missing(path, f"{what} not found:")
+        return path
+
+
+class FlowDataset(OfficialLayout, Dataset):
     """Base class: a list of :class:`FlowPair` read into sample dicts, with an optional augmentor.
 
     Subclasses scan their official layout and set ``name`` (meta ``dataset``), ``sparse`` (ground truth is a
@@ -101,7 +126,6 @@ class FlowDataset(Dataset):
 
     name: ClassVar[str] = "flow"
     sparse: ClassVar[bool] = False
-    layout: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...]] = ("training",)
     test_splits: ClassVar[tuple[str, ...]] = ()
 
@@ -124,26 +148,10 @@ class FlowDataset(Dataset):
 
     # ------------------------------------------------------------------------------------------- scanning helpers
     @classmethod
-    def _missing(cls, path: Path, what: str) -> NoReturn:
-        raise DatasetNotFoundError(f"{cls.__name__}: {what} {path}\nExpected layout:\n{cls.layout.strip()}")
-
-    @classmethod
-    def _require(cls, path: Path, what: str = "missing folder") -> Path:
-        if not path.is_dir():
-            cls._missing(path, what)
-        return path
-
-    @classmethod
     def _check_split(cls, split: str) -> str:
         if split not in cls.splits + cls.test_splits:
             raise ValueError(f"{cls.__name__}: unknown split '{split}', expected one of {cls.splits + cls.test_splits}")
         return split
-
-    @classmethod
-    def _require_file(cls, path: Path, what: str) -> Path:
-        if not path.is_file():
-            cls._missing(path, f"{what} not found:")
-        return path
 
     # ------------------------------------------------------------------------------------------- samples
     @property

@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, NoReturn, Sequence
+from typing import ClassVar, Sequence
 
 import cv2
 import numpy as np
@@ -40,7 +40,7 @@ from loguru import logger
 from torch.utils.data import Dataset
 
 from core.data.augment import _PairAugmentor, _resize
-from core.data.datasets import DatasetNotFoundError, RepeatDataset, _numbered_files
+from core.data.datasets import DatasetNotFoundError, OfficialLayout, RepeatDataset, _numbered_files
 from core.data.formats import PathLike, read_dpt, read_image, read_kitti_disparity
 
 DEPTH_META_KEYS = ("dataset", "split", "scene", "frame", "image1_path", "depth_path")
@@ -217,7 +217,7 @@ class DepthFrame:
     frame: int
 
 
-class DepthDataset(Dataset):
+class DepthDataset(OfficialLayout, Dataset):
     """Base class: a list of :class:`DepthFrame` read into depth samples, with an optional :class:`DepthAugmentor`.
 
     Subclasses scan their official layout, set ``name`` (meta ``dataset``), ``sparse`` (LiDAR-like ground truth,
@@ -226,7 +226,6 @@ class DepthDataset(Dataset):
 
     name: ClassVar[str] = "depth"
     sparse: ClassVar[bool] = False
-    layout: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...]] = ("training",)
 
     def __init__(self, root: str | Path, split: str, frames: Sequence[DepthFrame],
@@ -237,22 +236,6 @@ class DepthDataset(Dataset):
         if augmentor is not None and not isinstance(augmentor, DepthAugmentor):
             raise ValueError(f"{type(self).__name__} needs a DepthAugmentor, got {type(augmentor).__name__}")
         self.augmentor = augmentor
-
-    @classmethod
-    def _missing(cls, path: Path, what: str) -> NoReturn:
-        raise DatasetNotFoundError(f"{cls.__name__}: {what} {path}\nExpected layout:\n{cls.layout.strip()}")
-
-    @classmethod
-    def _require(cls, path: Path, what: str = "missing folder") -> Path:
-        if not path.is_dir():
-            cls._missing(path, what)
-        return path
-
-    @classmethod
-    def _require_file(cls, path: Path, what: str) -> Path:
-        if not path.is_file():
-            cls._missing(path, f"{what} not found:")
-        return path
 
     @classmethod
     def _check_split(cls, split: str) -> None:
