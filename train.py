@@ -271,10 +271,16 @@ class Trainer:
         work_dir: the run's folder (created).
         context: this process (rank, world size, device).
         resume: continue from ``work_dir/checkpoints/latest.pth``.
+        stop_at: pause (with a checkpoint) once this step is reached, e.g. to fit a job's time limit; the schedule
+            still spans ``train.num_steps`` and ``--resume`` continues from there.
     """
 
-    def __init__(self, cfg: CfgNode, work_dir: Path, context: DistributedContext, resume: bool = False) -> None:
+    def __init__(self, cfg: CfgNode, work_dir: Path, context: DistributedContext, resume: bool = False,
+                 stop_at: int | None = None) -> None:
+        if stop_at is not None and stop_at < 1:
+            raise ValueError(f"--stop-at must be a positive step, got {stop_at}")
         self.cfg, self.work_dir, self.context = cfg, Path(work_dir), context
+        self.stop_at = stop_at
         self.device = context.device
         self.local_batch = local_batch_size(cfg, context.world_size)
         self.store = CheckpointStore(self.work_dir / "checkpoints", cfg.train.keep_last)
@@ -387,6 +393,9 @@ class Trainer:
             f"process(es) on {self.device}, global batch {cfg.train.batch_size}, steps {self.step} -> "
             f"{cfg.train.num_steps}, {self.steps_per_epoch} steps per epoch"
         )
+        if self.stop_at is not None and self.step >= self.stop_at:
+            logger.info(f"already at step {self.step}, not before --stop-at {self.stop_at}: nothing to do")
+            return {"step": self.step, "best": self.best, "stopped": True}
         monitor = TrainingMonitor(self.work_dir / "tb", cfg.train.num_steps, self.step, enabled=context.is_main,
                                   description=cfg.name)
         self._train_mode()
@@ -406,7 +415,7 @@ class Trainer:
             self._restore_signal_handlers(previous_handlers)
             monitor.close()
         if stopped:
-            logger.warning(f"stopped at step {self.step} on request; continue with --resume")
+            logger.warning(f"stopped at step {self.step}; continue with --resume")
         else:
             logger.info(f"finished {self.step} steps; best: {self.best}")
         return {"step": self.step, "best": self.best, "stopped": stopped}
@@ -466,6 +475,10 @@ class Trainer:
         improved = False
         if self.step % cfg.train.val_freq == 0 or final:
             improved = self._validate(monitor)
+        if self.stop_at is not None and self.step >= self.stop_at and not final:
+            if not stop:
+                logger.info(f"step {self.step}: reached --stop-at {self.stop_at}")
+            stop = True
         if self.step % cfg.train.ckpt_freq == 0 or final or improved or stop:
             self.save_checkpoint(improved)
         return stop
@@ -679,6 +692,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fp16", action="store_true", help="with --export: store the weights as float16")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume)")
+    parser.add_argument("--stop-at", type=int, metavar="STEP", help="pause with a checkpoint at this step (the "
+                        "schedule still spans train.num_steps); continue later with --resume")
     parser.add_argument("opts", nargs="*", metavar="KEY VALUE", help="config overrides, e.g. train.lr 2e-4")
     args = parser.parse_args(argv)
     if args.config is None and not (args.resume or args.export):
@@ -703,7 +718,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = _load_run_config(args)
     configure_determinism(args.deterministic)
     with distributed_session(args.device) as context:
-        Trainer(cfg, args.work_dir, context, resume=args.resume).fit()
+        Trainer(cfg, args.work_dir, context, resume=args.resume, stop_at=args.stop_at).fit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -194,6 +194,20 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     assert final["step"] == 5 and final["scheduler"]["last_epoch"] == 5
 
 
+def test_stop_at_pauses_with_a_checkpoint_and_resume_finishes_the_same_schedule(tmp_path):
+    opts = {"train__num_steps": "4", "train__ckpt_freq": "1000"}
+    paused = train.Trainer(tiny_config(**opts), tmp_path, single_process(), stop_at=2)
+    assert paused.fit() == {"step": 2, "best": None, "stopped": True}
+    checkpoint = torch.load(tmp_path / "checkpoints" / "latest.pth", weights_only=True)
+    assert checkpoint["step"] == 2 and checkpoint["scheduler"]["total_steps"] == 4 + 100
+    again = train.Trainer(tiny_config(**opts), tmp_path, single_process(), resume=True, stop_at=2)
+    assert again.fit()["step"] == 2  # already there: no step taken
+    resumed = train.Trainer(tiny_config(**opts), tmp_path, single_process(), resume=True)
+    assert resumed.fit() == {"step": 4, "best": None, "stopped": False}
+    with pytest.raises(ValueError, match="--stop-at"):
+        train.Trainer(tiny_config(**opts), tmp_path / "other", single_process(), stop_at=0)
+
+
 def test_resume_refuses_a_changed_schedule_and_fresh_runs_refuse_an_used_work_dir(tmp_path):
     trainer = train.Trainer(tiny_config(train__num_steps="1"), tmp_path, single_process())
     trainer.fit()
