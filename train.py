@@ -48,7 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, default_collate
 from yacs.config import CfgNode
 
-from core.config import load_config
+from core.config import config_from_text, flatten_config, load_config
 from core.data.loader import build_train_dataset, build_val_dataset
 from core.data.formats import read_image
 from core.losses import depth_sequence_loss, sequence_loss
@@ -226,26 +226,10 @@ class CheckpointStore:
         temporary.replace(target)
 
 
-def _flatten(node: CfgNode, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, CfgNode):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def config_from_dump(text: str, opts: Sequence[str] = ()) -> CfgNode:
-    """The config stored in a checkpoint (``cfg.dump()``), with ``KEY VALUE`` overrides on top."""
-    pairs = [item for key, value in _flatten(CfgNode.load_cfg(text)).items() for item in (key, value)]
-    return load_config(None, pairs + list(opts))
-
-
 def check_resumable(cfg: CfgNode, saved_text: str, path: Path) -> None:
     """Raise ValueError if ``cfg`` changes the training trajectory of the checkpoint's config."""
-    saved = _flatten(CfgNode.load_cfg(saved_text))
-    current = _flatten(cfg)
+    saved = flatten_config(CfgNode.load_cfg(saved_text))
+    current = flatten_config(cfg)
     changed = [
         f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
         for key in sorted(set(saved) | set(current))
@@ -707,7 +691,7 @@ def _load_run_config(args: argparse.Namespace) -> CfgNode:
     if args.config is not None:
         return load_config(args.config, args.opts)
     latest = CheckpointStore(args.work_dir / "checkpoints", 0).latest
-    return config_from_dump(read_checkpoint(latest)["config"], args.opts)
+    return config_from_text(read_checkpoint(latest)["config"], args.opts, source=f"the config stored in {latest}")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from yacs.config import CfgNode as CN
 
@@ -148,6 +148,45 @@ def load_config(path: str | Path | None = None, opts: Sequence[str] | Iterable[s
             raise KeyError(f"{path}: unknown config key {err}") from None
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
+    return _finish(cfg, opts)
+
+
+def config_from_text(text: str, opts: Sequence[str] | Iterable[str] = (), source: str = "stored config") -> CN:
+    """A config dumped as YAML text (``cfg.dump()``, e.g. stored in a checkpoint) over the defaults, then ``opts``.
+
+    Checked exactly like a config file; ``source`` names the text in error messages.
+
+    Raises:
+        KeyError: the text or ``opts`` name a key that does not exist in the defaults.
+        ValueError: the text is not a YAML mapping, or a value has the wrong type.
+    """
+    cfg = get_cfg_defaults()
+    try:
+        loaded = CN.load_cfg(text)
+    except Exception as err:  # yacs raises yaml's and its own assertion errors for malformed text
+        raise ValueError(f"{source}: not a valid config ({type(err).__name__}: {err})") from None
+    try:
+        cfg.merge_from_other_cfg(loaded)
+    except KeyError as err:
+        raise KeyError(f"{source}: unknown config key {err}") from None
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+    return _finish(cfg, opts)
+
+
+def flatten_config(node: CN, prefix: str = "") -> dict[str, Any]:
+    """``{"train.lr": 4e-4, ...}``: every leaf of a config under its dotted key."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, CN):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _finish(cfg: CN, opts: Sequence[str] | Iterable[str]) -> CN:
+    """Apply ``KEY VALUE`` overrides to ``cfg``, validate and freeze it."""
     opts = list(opts)
     if len(opts) % 2:
         raise ValueError(f"config overrides must be KEY VALUE pairs, got an odd number of items: {opts}")

@@ -14,7 +14,6 @@ tools all go through :class:`FlowEstimator`.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -27,7 +26,7 @@ from scipy.interpolate import griddata
 from torch import Tensor
 from yacs.config import CfgNode
 
-from core.config import get_cfg_defaults, load_config
+from core.config import config_from_text, get_cfg_defaults, load_config
 from core.metrics import disparity_to_depth
 from core.model import build_model
 from core.model.checkpoint import CheckpointError, load_weights, read_checkpoint
@@ -148,20 +147,16 @@ def forward_interpolate(flow_low: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------- config
 
 
-def config_from_text(text: str, opts: Iterable[str] = ()) -> CfgNode:
-    """The config stored in a checkpoint (``cfg.dump()``), merged over the defaults, then ``KEY VALUE`` opts.
+def _stored_config(text: str, opts: Iterable[str] = ()) -> CfgNode:
+    """The config stored in a checkpoint over the defaults, then ``KEY VALUE`` opts (checked like a config file).
 
-    Goes through :func:`core.config.load_config`, so the stored text and the overrides are checked exactly like a
-    config file. Raises :class:`CheckpointError` if the stored config does not fit this code.
+    Raises :class:`CheckpointError` if the stored config does not fit this code.
     """
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "checkpoint_config.yaml"
-        path.write_text(text)
-        try:
-            load_config(path)
-        except (KeyError, ValueError) as err:
-            raise CheckpointError(f"the config stored in the checkpoint does not fit this code: {err}") from None
-        return load_config(path, opts)
+    try:
+        config_from_text(text)
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"the config stored in the checkpoint does not fit this code: {err}") from None
+    return config_from_text(text, opts)
 
 
 def _embedded_config(raw: Any) -> str | None:
@@ -185,7 +180,7 @@ def resolve_config(checkpoint: Path | None, raw: Any, config: str | Path | CfgNo
     elif config is not None:
         cfg = load_config(config, opts)
     elif embedded is not None:
-        return config_from_text(embedded, opts)
+        return _stored_config(embedded, opts)
     elif checkpoint is not None and checkpoint.with_suffix(".yaml").is_file():
         logger.info(f"config: {checkpoint.with_suffix('.yaml')} (beside the checkpoint)")
         return load_config(checkpoint.with_suffix(".yaml"), opts)
@@ -194,7 +189,7 @@ def resolve_config(checkpoint: Path | None, raw: Any, config: str | Path | CfgNo
                        f"(model.variant '{get_cfg_defaults().model.variant}', the official architecture)")
         return load_config(None, opts)
     if embedded is not None:
-        stored = config_from_text(embedded)
+        stored = _stored_config(embedded)
         if stored.model.variant != cfg.model.variant:
             logger.warning(f"the checkpoint was trained as model.variant '{stored.model.variant}', the config says "
                            f"'{cfg.model.variant}': using '{stored.model.variant}'")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import get_cfg_defaults, load_config
+from core.config import config_from_text, flatten_config, get_cfg_defaults, load_config
 from core.model import VARIANTS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -78,3 +78,15 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
         load_config(path)
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_config_from_text_round_trips_a_dump_and_names_its_source():
+    cfg = load_config(None, ["train.lr", "1e-3", "model.variant", "protoformer-s"])
+    again = config_from_text(cfg.dump(), ["train.batch_size", "3"])
+    assert again.train.lr == 1e-3 and again.model.variant == "protoformer-s" and again.train.batch_size == 3
+    flat = flatten_config(again)
+    assert flat["train.lr"] == 1e-3 and flat["model.variant"] == "protoformer-s"
+    with pytest.raises(KeyError, match="ckpt.pth: unknown config key"):
+        config_from_text("train:\n  no_such_key: 1\n", source="ckpt.pth")
+    with pytest.raises(ValueError, match="ckpt.pth"):
+        config_from_text("train:\n  lr: [1, 2]\n", source="ckpt.pth")

@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 import train
-from core.config import load_config
+from core.config import config_from_text, load_config
 from core.data.synthetic import SyntheticFlowDataset
 from core.model import build_model, load_weights
 from core.model.checkpoint import WEIGHTS_FORMAT
@@ -218,7 +218,7 @@ def test_resume_refuses_a_changed_schedule_and_fresh_runs_refuse_an_used_work_di
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train.Trainer(tiny_config(), tmp_path / "empty", single_process(), resume=True)
     # Bookkeeping keys may change; the checkpoint's own config is used when --config is omitted.
-    cfg = train.config_from_dump((tmp_path / "config.yaml").read_text(), ["train.log_freq", "7"])
+    cfg = config_from_text((tmp_path / "config.yaml").read_text(), ["train.log_freq", "7"])
     assert cfg.train.log_freq == 7 and cfg.train.num_steps == 1
     train.check_resumable(cfg, (tmp_path / "config.yaml").read_text(), tmp_path)
 
