@@ -2,7 +2,7 @@
 # Reproduces the shipped default checkpoint: protoformer-s on the built-in synthetic data, on a CPU, in two stages
 # (an easy-to-hard curriculum):
 #   1. configs/cpu_default.yaml     motions up to 48 px, photometric 0.3, paused at step 500 of its long schedule
-#   2. configs/cpu_default_ft.yaml  from stage 1's weights: motions up to 72 px, photometric 0.5, 2000 steps that
+#   2. configs/cpu_default_ft.yaml  from stage 1's weights: motions up to 72 px, photometric 0.5, 1200 steps that
 #                                   anneal the learning rate to zero
 # Resumable: run it again to continue an interrupted stage. At the end the best stage-2 weights are exported (fp16)
 # to checkpoints/protoformer-s-synthetic.pth with their config beside it.
