@@ -620,8 +620,7 @@ def evaluate(model: nn.Module, dataset: Dataset, name: str, cfg: CfgNode, precis
     flow_metrics = FlowMetricAccumulator() if model.predicts_flow else None
     depth_metrics = None
     if model.predicts_depth:
-        depth_metrics = DepthMetricAccumulator(cfg.depth.min_depth, cfg.depth.max_depth, cfg.depth.median_scaling,
-                                               crop=cfg.depth.eval_crop if name.startswith("kitti") else None)
+        depth_metrics = DepthMetricAccumulator.from_config(cfg, name)
     for sample in loader:
         with precision.autocast():
             output = model(*(sample[key].to(device) for key in model_input_keys(model)), iters=cfg.model.iters)

@@ -25,6 +25,7 @@ reported in ``100 * log(m)``), and ``a_k = share of pixels with max(p / g, g / p
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,6 +35,9 @@ from torch import Tensor
 ArrayLike = Tensor | np.ndarray
 
 DEPTH_METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "a1", "a2", "a3")
+# Why DepthMetricAccumulator skips an image (keys of its ``skipped``).
+SKIP_NO_GROUND_TRUTH = "no valid ground-truth pixel"
+SKIP_OUTSIDE_PROTOCOL = "no valid ground-truth pixel inside the eval crop and the depth caps"
 
 # Eval crops of the KITTI Eigen split as fractions of (height, height, width, width): top, bottom, left, right.
 # Garg et al. 2016 (used by Monodepth2 and BTS "garg_crop") and Eigen et al. 2014 (BTS "eigen_crop").
@@ -264,6 +268,37 @@ def _as_single_image(x: ArrayLike, name: str) -> Tensor:
     return x.reshape(x.shape[-2:])
 
 
+def _depth_errors(pred: Tensor, gt: Tensor, mask: Tensor, min_depth: float, max_depth: float,
+                  median_scaling: bool) -> tuple[dict[str, float], float]:
+    """``(metrics, scale)`` of one image over the pixels of ``mask`` (non-empty bool [H, W]); ``scale`` is the
+    median-scaling factor applied to the prediction (1.0 without median scaling)."""
+    pred, gt = pred.double()[mask], gt.double()[mask]
+    scale = 1.0
+    if median_scaling:
+        pred_median = _median(pred)
+        if not bool(pred_median > 0):
+            raise ValueError(f"depth_metrics: median scaling needs a positive median prediction, "
+                             f"got {float(pred_median)}")
+        scale = float(_median(gt) / pred_median)
+        pred = pred * scale
+    pred = pred.clamp(min=min_depth, max=max_depth)
+
+    ratio = torch.maximum(gt / pred, pred / gt)
+    log_diff = torch.log(pred) - torch.log(gt)
+    metrics = {
+        "abs_rel": (pred - gt).abs().div(gt).mean(),
+        "sq_rel": (pred - gt).square().div(gt).mean(),
+        "rmse": (pred - gt).square().mean().sqrt(),
+        "rmse_log": log_diff.square().mean().sqrt(),
+        "log10": (log_diff / math.log(10.0)).abs().mean(),
+        "silog": (log_diff.square().mean() - log_diff.mean().square()).clamp(min=0.0).sqrt() * 100.0,
+        "a1": (ratio < 1.25).double().mean(),
+        "a2": (ratio < 1.25**2).double().mean(),
+        "a3": (ratio < 1.25**3).double().mean(),
+    }
+    return dict(zip(metrics, torch.stack(list(metrics.values())).tolist())), scale
+
+
 def depth_metrics(pred: ArrayLike, gt: ArrayLike, valid: ArrayLike | None = None, min_depth: float = 1e-3,
                   max_depth: float = 80.0, median_scaling: bool = False) -> dict[str, float]:
     """Depth errors of one image (metres), over pixels with ``min_depth < gt < max_depth`` and ``valid``.
@@ -280,7 +315,7 @@ def depth_metrics(pred: ArrayLike, gt: ArrayLike, valid: ArrayLike | None = None
     Raises:
         ValueError: shapes disagree, no pixel is valid, or (median scaling) the median prediction is not positive.
     """
-    pred, gt = _as_single_image(pred, "pred").double(), _as_single_image(gt, "gt").double()
+    pred, gt = _as_single_image(pred, "pred"), _as_single_image(gt, "gt")
     if pred.shape != gt.shape:
         raise ValueError(f"pred and gt depth must have the same size, got {tuple(pred.shape)} and {tuple(gt.shape)}")
     mask = (gt > min_depth) & (gt < max_depth)
@@ -288,39 +323,22 @@ def depth_metrics(pred: ArrayLike, gt: ArrayLike, valid: ArrayLike | None = None
         mask &= pixel_mask(valid, 1, *gt.shape, device=gt.device)[0]
     if not bool(mask.any()):
         raise ValueError("depth_metrics: no valid ground-truth pixel (check valid mask, min_depth and max_depth)")
-    pred, gt = pred[mask], gt[mask]
-    if median_scaling:
-        pred_median = _median(pred)
-        if not bool(pred_median > 0):
-            raise ValueError(f"depth_metrics: median scaling needs a positive median prediction, "
-                             f"got {float(pred_median)}")
-        pred = pred * (_median(gt) / pred_median)
-    pred = pred.clamp(min=min_depth, max=max_depth)
-
-    ratio = torch.maximum(gt / pred, pred / gt)
-    log_diff = torch.log(pred) - torch.log(gt)
-    metrics = {
-        "abs_rel": (pred - gt).abs().div(gt).mean(),
-        "sq_rel": (pred - gt).square().div(gt).mean(),
-        "rmse": (pred - gt).square().mean().sqrt(),
-        "rmse_log": log_diff.square().mean().sqrt(),
-        "log10": (log_diff / math.log(10.0)).abs().mean(),
-        "silog": (log_diff.square().mean() - log_diff.mean().square()).clamp(min=0.0).sqrt() * 100.0,
-        "a1": (ratio < 1.25).double().mean(),
-        "a2": (ratio < 1.25**2).double().mean(),
-        "a3": (ratio < 1.25**3).double().mean(),
-    }
-    return dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))
+    return _depth_errors(pred, gt, mask, min_depth, max_depth, median_scaling)[0]
 
 
 class DepthMetricAccumulator:
     """Averages :func:`depth_metrics` over images (every image weighs the same, as Monodepth2 and BTS report).
 
     Args:
-        min_depth, max_depth, median_scaling: passed to :func:`depth_metrics`.
+        min_depth, max_depth, median_scaling: passed to :func:`depth_metrics` (the depth caps: ground truth outside
+            (min_depth, max_depth) does not count, predictions are clamped to [min_depth, max_depth]).
         crop: ``"garg"``, ``"eigen"`` (KITTI Eigen split, see :func:`kitti_eval_crop_mask`), ``"none"`` or ``None``.
 
-    Images without any valid pixel are skipped with a warning; ``num_images`` counts the ones used.
+    An image without any pixel to evaluate is skipped, not averaged (its metrics would be undefined): it is logged
+    and counted under its reason in :attr:`skipped` (:data:`SKIP_NO_GROUND_TRUTH` when the ground truth has no
+    valid pixel at all, :data:`SKIP_OUTSIDE_PROTOCOL` when none is left inside the crop and the caps). A caller
+    that drops frames before the metrics (e.g. split-file lines without ground truth) records them with
+    :meth:`skip`, so :meth:`summary` accounts for every frame.
     """
 
     def __init__(self, min_depth: float = 1e-3, max_depth: float = 80.0, median_scaling: bool = False,
@@ -329,39 +347,119 @@ class DepthMetricAccumulator:
             raise ValueError(f"DepthMetricAccumulator: crop must be garg, eigen, none or None, got '{crop}'")
         if not 0 <= min_depth < max_depth:
             raise ValueError(f"DepthMetricAccumulator: need 0 <= min_depth < max_depth, got {min_depth}, {max_depth}")
-        self.min_depth, self.max_depth = min_depth, max_depth
-        self.median_scaling = median_scaling
+        self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+        self.median_scaling = bool(median_scaling)
         self.crop = None if crop == "none" else crop
         self._sums = dict.fromkeys(DEPTH_METRIC_KEYS, 0.0)
         self._images = 0
+        self._pixels = 0
+        self._seen = 0
+        self._scales: list[float] = []
+        self.skipped: dict[str, list[str]] = {}
+
+    @classmethod
+    def from_config(cls, cfg, dataset: str, crop: str | None = None,
+                    median_scaling: bool | None = None) -> "DepthMetricAccumulator":
+        """The evaluation protocol of ``cfg.depth`` for the validation set ``dataset``.
+
+        Caps ``cfg.depth.min_depth`` .. ``cfg.depth.max_depth``; median scaling ``cfg.depth.median_scaling``; the
+        crop ``cfg.depth.eval_crop`` applies to the KITTI sets (names starting with ``kitti``: the crop fractions
+        describe KITTI frames) and no crop to the others. ``crop`` / ``median_scaling`` given here win over both.
+        """
+        if crop is None:
+            crop = cfg.depth.eval_crop if dataset.startswith("kitti") else "none"
+        if median_scaling is None:
+            median_scaling = cfg.depth.median_scaling
+        return cls(cfg.depth.min_depth, cfg.depth.max_depth, median_scaling, crop)
+
+    @property
+    def protocol(self) -> dict[str, object]:
+        """The options that shape the numbers: ``crop``, ``min_depth``, ``max_depth``, ``median_scaling``."""
+        return {"crop": self.crop or "none", "min_depth": self.min_depth, "max_depth": self.max_depth,
+                "median_scaling": self.median_scaling}
 
     @property
     def num_images(self) -> int:
         """Images that had valid ground truth (the ones averaged)."""
         return self._images
 
-    def update(self, pred: ArrayLike, gt: ArrayLike, valid: ArrayLike | None = None) -> None:
-        """Add depth maps [..., H, W] (e.g. [B, 1, H, W], [B, H, W] or [H, W]); every leading index is one image."""
+    @property
+    def num_pixels(self) -> int:
+        """Ground-truth pixels evaluated over all averaged images (inside the crop and the caps)."""
+        return self._pixels
+
+    @property
+    def num_skipped(self) -> int:
+        """Images skipped, for every reason (see :attr:`skipped`)."""
+        return sum(len(names) for names in self.skipped.values())
+
+    @property
+    def scale_ratios(self) -> list[float]:
+        """The median-scaling factor ``median(gt) / median(pred)`` of every averaged image (empty without)."""
+        return list(self._scales)
+
+    def skip(self, reason: str, names: Sequence[str]) -> None:
+        """Count frames dropped before they reached :meth:`update`, under ``reason``."""
+        if names:
+            self.skipped.setdefault(reason, []).extend(names)
+
+    def update(self, pred: ArrayLike, gt: ArrayLike, valid: ArrayLike | None = None,
+               names: Sequence[str] | None = None) -> None:
+        """Add depth maps [..., H, W] (e.g. [B, 1, H, W], [B, H, W] or [H, W]); every leading index is one image.
+
+        ``names`` (one per image) identify skipped images in :attr:`skipped`; default ``"image <n>"`` with n the
+        running count of images passed in.
+        """
         pred, gt = _as_tensor(pred, "pred"), _as_tensor(gt, "gt")
         if pred.shape != gt.shape or pred.dim() < 2:
             raise ValueError(f"pred and gt depth must have the same shape [..., H, W], got {tuple(pred.shape)} "
                              f"and {tuple(gt.shape)}")
         height, width = gt.shape[-2:]
         images = gt.numel() // (height * width)
-        masks = pixel_mask(valid, images, height, width, "valid", gt.device)
+        if names is None:
+            names = [f"image {self._seen + index}" for index in range(images)]
+        if len(names) != images:
+            raise ValueError(f"DepthMetricAccumulator.update: {len(names)} names for {images} images")
+        self._seen += images
+        gt = gt.reshape(images, height, width)
+        has_ground_truth = pixel_mask(valid, images, height, width, "valid", gt.device) & (gt > 0) & gt.isfinite()
+        masks = has_ground_truth & (gt > self.min_depth) & (gt < self.max_depth)
         if self.crop is not None:
-            masks = masks & kitti_eval_crop_mask(height, width, self.crop, gt.device)
-        for image_pred, image_gt, mask in zip(pred.reshape(-1, height, width), gt.reshape(-1, height, width), masks):
-            if not bool((mask & (image_gt > self.min_depth) & (image_gt < self.max_depth)).any()):
-                logger.warning("DepthMetricAccumulator: skipping an image without valid ground truth")
+            masks &= kitti_eval_crop_mask(height, width, self.crop, gt.device)
+        counts = masks.sum(dim=(1, 2)).tolist()
+        any_ground_truth = has_ground_truth.any(dim=2).any(dim=1).tolist()
+        for image_pred, image_gt, mask, count, name, has_any in zip(pred.reshape(images, height, width), gt, masks,
+                                                                    counts, names, any_ground_truth):
+            if count == 0:
+                reason = SKIP_OUTSIDE_PROTOCOL if has_any else SKIP_NO_GROUND_TRUTH
+                logger.warning(f"depth evaluation: skipping {name}: {reason}")
+                self.skip(reason, [name])
                 continue
-            metrics = depth_metrics(image_pred, image_gt, mask, self.min_depth, self.max_depth, self.median_scaling)
+            metrics, scale = _depth_errors(image_pred, image_gt, mask, self.min_depth, self.max_depth,
+                                           self.median_scaling)
             for key in DEPTH_METRIC_KEYS:
                 self._sums[key] += metrics[key]
             self._images += 1
+            self._pixels += int(count)
+            if self.median_scaling:
+                self._scales.append(scale)
 
     def compute(self) -> dict[str, float]:
         """Mean of every metric over the images seen. Raises ValueError if no image had valid ground truth."""
         if self._images == 0:
             raise ValueError("DepthMetricAccumulator.compute: no image with valid ground truth has been accumulated")
         return {key: total / self._images for key, total in self._sums.items()}
+
+    def summary(self) -> dict[str, object]:
+        """Everything an evaluation report needs: the metrics of :meth:`compute` (absent if no image could be
+        evaluated), ``num_images``, ``num_pixels``, ``num_skipped``, ``skipped`` (reason -> count),
+        ``skipped_images`` (reason -> names) and, with median scaling, ``scale_ratio_median`` and
+        ``scale_ratio_std`` (standard deviation of the ratios divided by their median, as Monodepth2 prints them)."""
+        result: dict[str, object] = self.compute() if self._images else {}
+        result.update(num_images=self._images, num_pixels=self._pixels, num_skipped=self.num_skipped,
+                      skipped={reason: len(names) for reason, names in self.skipped.items()},
+                      skipped_images={reason: list(names) for reason, names in self.skipped.items()})
+        if self._scales:
+            median = float(np.median(self._scales))
+            result.update(scale_ratio_median=median, scale_ratio_std=float(np.std(np.array(self._scales) / median)))
+        return result

@@ -12,6 +12,7 @@ from loguru import logger
 from torch.utils.data import DataLoader
 
 from core.config import load_config
+from core.data import depth_datasets, formats
 from core.data.datasets import DatasetNotFoundError, RepeatDataset
 from core.data.depth_datasets import (
     DEPTH_META_KEYS,
@@ -25,7 +26,7 @@ from core.data.depth_datasets import (
 )
 from core.data.loader import DEPTH_SETS, build_train_dataset, build_val_dataset, is_depth_set
 from core.losses import depth_sequence_loss
-from core.metrics import DepthMetricAccumulator
+from core.metrics import SKIP_NO_GROUND_TRUTH, DepthMetricAccumulator
 from fake_trees import (
     DEPTH_HEIGHT,
     DEPTH_WIDTH,
@@ -190,7 +191,23 @@ def test_all_invalid_ground_truth_is_kept_and_skipped_by_metrics(tmp_path):
     for index in range(len(dataset)):
         sample = dataset[index]
         accumulator.update(sample["depth"] + 0.5, sample["depth"], sample["valid"])
-    assert accumulator.num_images == 3
+    assert accumulator.num_images == 3 and accumulator.skipped == {SKIP_NO_GROUND_TRUTH: ["image 1"]}
+    assert all(np.isfinite(value) for value in accumulator.compute().values())
+
+
+def test_depth_readers_live_in_formats_and_stay_importable(tmp_path):
+    assert depth_datasets.read_vkitti_depth is formats.read_vkitti_depth
+    assert depth_datasets.read_sintel_depth is formats.read_sintel_depth
+    codes = np.array([[0, 150, 65535], [65534, 1, 4000]], np.uint16)
+    cv2.imwrite(str(tmp_path / "depth.png"), codes)
+    depth, valid = formats.read_vkitti_depth(tmp_path / "depth.png")
+    assert valid.tolist() == [[0, 1, 0], [1, 1, 1]] and depth.dtype == np.float32
+    np.testing.assert_allclose(depth, [[0, 1.5, 0], [655.34, 0.01, 40.0]], rtol=1e-6)
+    formats.write_dpt(tmp_path / "depth.dpt", np.array([[np.inf, 0.0, -1.0, 2.5]], np.float32))
+    depth, valid = formats.read_sintel_depth(tmp_path / "depth.dpt")
+    assert depth.tolist() == [[0.0, 0.0, 0.0, 2.5]] and valid.tolist() == [[0, 0, 0, 1]]
+    with pytest.raises(FileNotFoundError, match="absent.png"):
+        formats.read_vkitti_depth(tmp_path / "absent.png")
 
 
 # ----------------------------------------------------------------------------------------------- Virtual KITTI 2
@@ -219,7 +236,7 @@ def test_vkitti_rejects_8bit_depth_and_missing_depth(tmp_path):
     root = make_vkitti2(tmp_path / "vkitti2")
     dataset = VirtualKitti2Depth(root)
     cv2.imwrite(str(dataset.frames[0].depth), np.full((DEPTH_HEIGHT, DEPTH_WIDTH), 40, np.uint8))
-    with pytest.raises(ValueError, match=r"16-bit PNG \(centimetres\), found a 8-bit"):
+    with pytest.raises(ValueError, match=r"Virtual KITTI 2 depth \(centimetres\) must be a 16-bit PNG, found a 8-bit"):
         dataset[0]
     dataset.frames[1].depth.unlink()
     with pytest.raises(DatasetNotFoundError, match=r"(?s)ground-truth depth not found.*depth_00001\.png"):

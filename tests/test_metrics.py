@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import load_config
 from core.metrics import (
     DEPTH_METRIC_KEYS,
+    SKIP_NO_GROUND_TRUTH,
+    SKIP_OUTSIDE_PROTOCOL,
     DepthMetricAccumulator,
     FlowMetricAccumulator,
     depth_metrics,
@@ -225,6 +228,47 @@ def test_depth_accumulator_averages_per_image_and_crops():
         DepthMetricAccumulator().compute()
     with pytest.raises(ValueError, match="crop"):
         DepthMetricAccumulator(crop="nyu")
+
+
+def test_depth_accumulator_counts_skipped_images_with_reasons():
+    accumulator = DepthMetricAccumulator(max_depth=80.0)
+    gt = torch.tensor([[[2.0, 4.0]], [[0.0, 0.0]], [[90.0, 0.0]], [[float("nan"), -1.0]]])  # 4 images [1, 2]
+    pred = torch.tensor([[[3.0, 4.0]], [[1.0, 1.0]], [[1.0, 1.0]], [[1.0, 1.0]]])
+    accumulator.update(pred, gt, names=["a", "b", "c", "d"])
+    accumulator.skip("listed without ground truth", ["e"])
+    accumulator.update(torch.ones(1, 2), torch.zeros(1, 2))  # default name: running index
+    assert accumulator.num_images == 1 and accumulator.num_pixels == 2 and accumulator.num_skipped == 5
+    assert accumulator.skipped == {SKIP_NO_GROUND_TRUTH: ["b", "d", "image 4"], SKIP_OUTSIDE_PROTOCOL: ["c"],
+                                   "listed without ground truth": ["e"]}
+    summary = accumulator.summary()
+    assert summary["abs_rel"] == pytest.approx(0.25) and summary["num_skipped"] == 5
+    assert summary["skipped"] == {SKIP_NO_GROUND_TRUTH: 3, SKIP_OUTSIDE_PROTOCOL: 1, "listed without ground truth": 1}
+    assert "scale_ratio_median" not in summary and all(math.isfinite(summary[key]) for key in DEPTH_METRIC_KEYS)
+    empty = DepthMetricAccumulator()
+    empty.update(torch.ones(2, 2), torch.zeros(2, 2))
+    assert empty.summary()["num_images"] == 0 and "abs_rel" not in empty.summary()  # no NaN, no crash
+    with pytest.raises(ValueError, match="2 names for 1 images"):
+        empty.update(torch.ones(2, 2), torch.ones(2, 2), names=["x", "y"])
+
+
+def test_depth_accumulator_scale_ratios_and_protocol_from_config():
+    accumulator = DepthMetricAccumulator(median_scaling=True)
+    gt = torch.tensor([[[2.0, 4.0, 6.0]], [[10.0, 10.0, 10.0]]])
+    pred = torch.tensor([[[1.0, 2.0, 3.0]], [[2.0, 2.5, 25.0]]])  # ratios median(gt) / median(pred) = 2 and 4
+    accumulator.update(pred, gt)
+    assert accumulator.scale_ratios == pytest.approx([2.0, 4.0])
+    summary = accumulator.summary()
+    assert summary["scale_ratio_median"] == pytest.approx(3.0)
+    assert summary["scale_ratio_std"] == pytest.approx(np.std([2 / 3, 4 / 3]))  # of ratio / median (Monodepth2)
+    # image 2 scaled: [8, 10, 100 -> clamped to 80] against 10: |AbsRel| = (0.2 + 0 + 7) / 3; image 1 exact.
+    assert summary["abs_rel"] == pytest.approx((0.0 + (0.2 + 0.0 + 7.0) / 3) / 2)
+
+    cfg = load_config(None, ["depth.eval_crop", "eigen", "depth.max_depth", "50.0", "depth.median_scaling", "True"])
+    assert DepthMetricAccumulator.from_config(cfg, "kitti_eigen").protocol == {
+        "crop": "eigen", "min_depth": 1e-3, "max_depth": 50.0, "median_scaling": True}
+    assert DepthMetricAccumulator.from_config(cfg, "vkitti").protocol["crop"] == "none"  # KITTI crops: KITTI only
+    assert DepthMetricAccumulator.from_config(cfg, "vkitti", crop="garg", median_scaling=False).protocol == {
+        "crop": "garg", "min_depth": 1e-3, "max_depth": 50.0, "median_scaling": False}
 
 
 def test_disparity_to_depth_matches_official_clamp():

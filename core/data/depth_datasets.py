@@ -41,48 +41,13 @@ from torch.utils.data import Dataset
 
 from core.data.augment import _PairAugmentor, _resize
 from core.data.datasets import DatasetNotFoundError, OfficialLayout, RepeatDataset, _numbered_files
-from core.data.formats import PathLike, read_dpt, read_image, read_kitti_disparity
+from core.data.formats import PathLike, read_image, read_kitti_disparity, read_sintel_depth, read_vkitti_depth
 
 DEPTH_META_KEYS = ("dataset", "split", "scene", "frame", "image1_path", "depth_path")
-VKITTI_DEPTH_SCALE = 100.0  # Virtual KITTI 2 depth PNGs store centimetres
-VKITTI_FAR_PLANE = 65535  # code of the far plane (sky) in Virtual KITTI 2 depth PNGs: no depth there
 MISSING_REPORT_LINES = 5  # how many missing frames an error or warning names
 
 
-# ----------------------------------------------------------------------------------------------- formats
-def read_vkitti_depth(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read a Virtual KITTI 2 depth PNG: ``(depth float32 [H, W] metres, valid float32 [H, W])``.
-
-    The file is a single-channel 16-bit PNG of centimetres; code 65535 (far plane / sky) and code 0 are invalid
-    (depth 0 there).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not a single-channel 16-bit PNG (e.g. an 8-bit visualisation).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Virtual KITTI 2 depth file not found: {path}")
-    codes = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    if codes is None:
-        raise ValueError(f"{path}: cannot decode the Virtual KITTI 2 depth PNG (not an image file or corrupted)")
-    if codes.dtype != np.uint16:
-        raise ValueError(f"{path}: Virtual KITTI 2 depth must be a 16-bit PNG (centimetres), found a "
-                         f"{8 * codes.dtype.itemsize}-bit image ({codes.dtype})")
-    if codes.ndim != 2:
-        raise ValueError(f"{path}: Virtual KITTI 2 depth must be single-channel, got shape {codes.shape}")
-    valid = (codes > 0) & (codes < VKITTI_FAR_PLANE)
-    depth = np.where(valid, codes.astype(np.float32) / VKITTI_DEPTH_SCALE, np.float32(0.0))
-    return depth.astype(np.float32), valid.astype(np.float32)
-
-
-def read_sintel_depth(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read a Sintel ``.dpt`` depth map: ``(depth float32 [H, W], valid float32 [H, W])``; valid = finite and > 0."""
-    depth = read_dpt(path)
-    valid = np.isfinite(depth) & (depth > 0)
-    return np.where(valid, depth, np.float32(0.0)).astype(np.float32), valid.astype(np.float32)
-
-
+# ----------------------------------------------------------------------------------------------- split files
 def read_eigen_split(path: PathLike) -> list[tuple[int, str, str | None]]:
     """Parse a BTS / AdaBins Eigen split file (``eigen_train_files_with_gt.txt``, ``eigen_test_files_with_gt.txt``).
 

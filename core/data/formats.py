@@ -15,6 +15,7 @@ Formats:
     * KITTI 16-bit PNG flow: R = u, G = v, B = valid, value = (I - 2**15) / 64.
     * KITTI 16-bit PNG disparity / depth: value = I / 256, 0 = invalid.
     * Sintel ``.dpt`` depth: float32 tag 202021.25, int32 width, int32 height, float32 depth.
+    * Virtual KITTI 2 16-bit PNG depth: value = I / 100 m, I = 65535 (far plane, sky) and I = 0 invalid.
     * Sintel ``.cam`` camera: float32 tag 202021.25, float64 intrinsics [3, 3], float64 extrinsics [3, 4].
     * Sintel occlusion / invalid masks: 8-bit grey PNG, non-zero = set.
 """
@@ -37,6 +38,8 @@ FLO_TAG = 202021.25  # Middlebury / Sintel "PIEH" sanity tag (the bytes b"PIEH" 
 KITTI_FLOW_OFFSET = 2.0**15
 KITTI_FLOW_SCALE = 64.0
 KITTI_DISPARITY_SCALE = 256.0
+VKITTI_DEPTH_SCALE = 100.0  # Virtual KITTI 2 depth PNGs store centimetres
+VKITTI_FAR_PLANE = 65535  # code of the far plane (sky) in Virtual KITTI 2 depth PNGs: no depth there
 _UINT16_MAX = np.iinfo(np.uint16).max
 _FLO_HEADER = np.dtype([("tag", "<f4"), ("width", "<i4"), ("height", "<i4")])
 _CAM_SIZE = 4 + 9 * 8 + 12 * 8
@@ -271,6 +274,34 @@ def write_dpt(path: PathLike, depth: np.ndarray) -> None:
     depth = _as_float_array(depth, "depth", ndim=(2,))
     header = np.array([(FLO_TAG, depth.shape[1], depth.shape[0])], dtype=_FLO_HEADER)
     atomic_write_bytes(path, header.tobytes() + depth.astype("<f4").tobytes())
+
+
+def read_sintel_depth(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a Sintel ``.dpt`` depth map: ``(depth float32 [H, W], valid float32 [H, W])``; valid = finite and > 0,
+    depth 0 where invalid."""
+    depth = read_dpt(path)
+    valid = np.isfinite(depth) & (depth > 0)
+    return np.where(valid, depth, np.float32(0.0)).astype(np.float32), valid.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- Virtual KITTI 2
+def read_vkitti_depth(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a Virtual KITTI 2 depth PNG: ``(depth float32 [H, W] metres, valid float32 [H, W])``.
+
+    The file is a single-channel 16-bit PNG of centimetres; code 65535 (far plane / sky) and code 0 are invalid
+    (depth 0 there).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a single-channel 16-bit PNG (e.g. an 8-bit visualisation).
+    """
+    codes = _decode_png(path, "Virtual KITTI 2 depth PNG")
+    _require_uint16(path, "Virtual KITTI 2 depth (centimetres)", codes)
+    if codes.ndim != 2:
+        raise ValueError(f"{path}: Virtual KITTI 2 depth must be single-channel, got shape {codes.shape}")
+    valid = (codes > 0) & (codes < VKITTI_FAR_PLANE)
+    depth = np.where(valid, codes.astype(np.float32) / VKITTI_DEPTH_SCALE, np.float32(0.0))
+    return depth.astype(np.float32), valid.astype(np.float32)
 
 
 def read_sintel_camera(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
