@@ -16,6 +16,18 @@ Geometry (pixel centres at integer coordinates, ``x`` = column, ``y`` = row, as 
 * each layer has a planar depth (metres) whose range is kept apart from its neighbours' ranges, so nearer layers
   are nearer at every pixel and the painter's order is the z-buffer order; the depth map is that of frame 1.
 
+Monocular depth cues (``depth_cues=True``, off by default): the layers' depths above are random and nothing in one
+image tells them, so a monocular depth network cannot learn them. With the cues on, frame 1 is a view of a world
+instead: a camera at a random height, focal length, pitch (horizon row) and roll looks over a ground plane, whose
+disparity is linear in the image (``1 / z = distance below the horizon line / (focal * camera height)``), under a
+sky at the farthest depth. The ground texture is a top-down texture seen through that perspective (so its detail
+shrinks towards the horizon; a mip-map keeps it from aliasing; only the near ground shows a fine grain), foreground
+layers are upright billboards standing on the ground (their depth is that of the ground where their lowest pixel
+touches it, lower in the image = nearer; a quarter float nearer than that, like birds or signs) with an image size
+of ``focal * extent / depth`` for a random metric extent and a texture whose detail scales with depth, and aerial
+perspective fades everything towards the sky's haze colour with depth. Only what the layers look like and their
+depths change: motions, rendering, flow and occlusions work exactly as in the layered scenes.
+
 A coverage alpha is thresholded at one half, so layer edges are hard and the flow is single-valued at every pixel.
 Textures are smoothed (Gaussian, sigma ``TEXTURE_BLUR_SIGMA`` px) so that bilinear resampling is nearly exact.
 Photometric effects (per-layer motion blur, sensor noise, brightness/contrast change between the frames) are off
@@ -69,7 +81,10 @@ class SceneParams:
         photometric: 0 (off, exact ground truth) .. 1. Strength of per-layer motion blur, sensor noise and a
             brightness/contrast change of frame 2.
         depth_range: (nearest, farthest) depth in metres.
-        size_depth_coupling: exponent ``g`` of the monocular size cue, layer radius ~ (z_ref / z) ** g.
+        size_depth_coupling: exponent ``g`` of the size cue of the layered scenes, layer radius ~ (z_ref / z) ** g
+            (not used with ``depth_cues``, whose layers have the perspective size ``focal * extent / z``).
+        depth_cues: render a ground plane under a sky, standing objects, texture gradients and haze, so that depth
+            can be learnt from one image (see the module docstring); False gives the layered scenes.
         texture_paths: image files used as textures (see ``find_texture_images``); empty = procedural only.
         texture_image_prob: probability that a layer uses an image texture when ``texture_paths`` is given.
     """
@@ -82,6 +97,7 @@ class SceneParams:
     size_depth_coupling: float = 0.5
     texture_paths: tuple[str, ...] = field(default=())
     texture_image_prob: float = 0.5
+    depth_cues: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -105,22 +121,32 @@ class SceneParams:
             raise ValueError(f"depth_range must be (near, far) with 0 < near < far metres, got {self.depth_range}")
         if self.size_depth_coupling < 0:
             raise ValueError(f"size_depth_coupling must be >= 0, got {self.size_depth_coupling}")
+        if not isinstance(self.depth_cues, (bool, np.bool_)):
+            raise ValueError(f"depth_cues must be True or False, got {self.depth_cues!r}")
 
 
 @dataclass
 class _Layer:
-    """One rigid-in-the-image layer: texture, frame-1 placement, motion, planar depth, border handling."""
+    """One rigid-in-the-image layer: texture, frame-1 placement, motion, planar depth, border handling.
+
+    ``depth_plane = (v0, gx, gy, x0, y0)`` is the plane ``v = v0 + gx (x - x0) + gy (y - y0)`` over frame-1 pixels:
+    the depth in metres, or with ``disparity_plane`` the inverse depth (a 3-D plane seen by a pinhole camera), whose
+    depth ``1 / v`` is capped at ``max_depth`` (the horizon and the sky beyond it).
+    """
 
     texture: np.ndarray  # [h, w, 4] uint8 RGB + coverage alpha (0..255), or [h, w, 3] for an opaque layer
     placement: np.ndarray  # [3, 3] texture -> frame 1
     motion: np.ndarray  # [3, 3] frame 1 -> frame 2
-    depth_plane: tuple[float, float, float, float, float]  # z0, dz/dx, dz/dy, x0, y0: z = z0 + gx(x-x0) + gy(y-y0)
+    depth_plane: tuple[float, float, float, float, float]
     border: int  # cv2 border mode for sampling outside the texture
     blur_kernel: np.ndarray | None = None  # motion-blur kernel applied to the layer's colour in both frames
+    disparity_plane: bool = False
+    max_depth: float = math.inf
 
     def depth_at(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        z0, gx, gy, x0, y0 = self.depth_plane
-        return z0 + gx * (xs - x0) + gy * (ys - y0)
+        v0, gx, gy, x0, y0 = self.depth_plane
+        value = v0 + gx * (xs - x0) + gy * (ys - y0)
+        return 1.0 / np.maximum(value, 1.0 / self.max_depth) if self.disparity_plane else value
 
 
 # ------------------------------------------------------------------------------------------- homographies
@@ -317,15 +343,23 @@ def _image_texture(rng: np.random.Generator, path: str, height: int, width: int)
     return (crop[:, ::-1] if rng.random() < 0.5 else crop).astype(np.float32)
 
 
-def _texture(rng: np.random.Generator, height: int, width: int, p: SceneParams) -> np.ndarray:
-    """A layer texture [H, W, 3] uint8: procedural (maybe a mixture of two) or from an image; band-limited."""
+def _texture(rng: np.random.Generator, height: int, width: int, p: SceneParams, detail: float = 1.0) -> np.ndarray:
+    """A layer texture [H, W, 3] uint8: procedural (maybe a mixture of two) or from an image; band-limited.
+
+    ``detail`` is the number of pattern pixels drawn per texture pixel: the pattern is made at ``detail`` times the
+    size and resized, so ``detail > 1`` gives finer structure (a farther surface) and ``detail < 1`` coarser; the
+    fine grain is added at the texture's own size either way.
+    """
+    rows, cols = (height, width) if detail == 1.0 else (max(1, round(height * detail)), max(1, round(width * detail)))
     if p.texture_paths and rng.random() < p.texture_image_prob:
-        colour = _image_texture(rng, p.texture_paths[rng.integers(len(p.texture_paths))], height, width)
+        colour = _image_texture(rng, p.texture_paths[rng.integers(len(p.texture_paths))], rows, cols)
     else:
-        colour = _colourise(rng, height, width)
+        colour = _colourise(rng, rows, cols)
         if rng.random() < 0.3:
-            blend = _sharpen(2.0 * _fractal_noise(rng, height, width) - 1.0, rng)[..., None]
-            colour = blend * colour + (1.0 - blend) * _colourise(rng, height, width)
+            blend = _sharpen(2.0 * _fractal_noise(rng, rows, cols) - 1.0, rng)[..., None]
+            colour = blend * colour + (1.0 - blend) * _colourise(rng, rows, cols)
+    if (rows, cols) != (height, width):
+        colour = cv2.resize(colour, (width, height), interpolation=cv2.INTER_AREA if detail > 1 else cv2.INTER_LINEAR)
     if rng.random() < 0.6:  # fine grain, as in photographs
         grain = _smooth_noise(rng, height, width, rng.uniform(4.0, 16.0), rng.uniform(1.5, 3.0), rng.uniform(0.5, 1.0))
         colour = colour + rng.uniform(10.0, 60.0) * (grain - 0.5)[..., None]
@@ -413,23 +447,45 @@ def _depth_plane(
     return depth, slope * math.cos(angle), slope * math.sin(angle), centre[0], centre[1]
 
 
-def _sample_scene(rng: np.random.Generator, height: int, width: int, p: SceneParams) -> list[_Layer]:
-    """Background + foreground layers in painter's order (far to near), each with texture, placement, motion."""
-    low, high = p.num_layers
-    count = int(rng.integers(low, low + round(p.difficulty * (high - low)) + 1))
-    depths, slack = _layer_depths(rng, count, p)
+def _layer_motion(
+    rng: np.random.Generator, camera: np.ndarray, centre: tuple[float, float], half: float, height: int, width: int,
+    p: SceneParams,
+) -> np.ndarray:
+    """Frame 1 -> frame 2 motion of a foreground layer whose texture square (half-size ``half`` px) is centred at
+    ``centre`` in frame 1: the camera motion, then the layer's own, shrunk to respect ``max_displacement``."""
+    rect = (centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half)
+    visible = (max(rect[0], 0), max(rect[1], 0), min(rect[2], width - 1), min(rect[3], height - 1))
+    moved_centre = tuple(_apply(camera, np.array([centre]))[0][0])
+    return _bounded_motion(
+        _draw_motion(rng, moved_centre, half, False, p), camera, _rect_grid(*visible), _rect_corners(*rect),
+        p.max_displacement,
+    )
+
+
+def _background_frame(
+    rng: np.random.Generator, height: int, width: int, p: SceneParams
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """The background's margin (px), placement (texture -> frame 1) and the camera motion (frame 1 -> frame 2)."""
     image_corners = _rect_corners(0, 0, width - 1, height - 1)
     image_grid = _rect_grid(0, 0, width - 1, height - 1)
-
     margin = math.ceil(min(p.max_displacement, 0.1 * max(height, width)))
     offset = rng.random(2)  # sub-pixel placement, so frame 1 is resampled like frame 2
-    background_placement = _translation(-margin - offset[0], -margin - offset[1])
-    image_centre = ((width - 1) / 2.0, (height - 1) / 2.0)
+    placement = _translation(-margin - offset[0], -margin - offset[1])
     camera_centre = (rng.uniform(0, width - 1), rng.uniform(0, height - 1))
     camera = _bounded_motion(
         _draw_motion(rng, camera_centre, 0.5 * max(height, width), True, p),
         np.eye(3), image_grid, image_corners, p.max_displacement,
     )
+    return margin, placement, camera
+
+
+def _sample_scene(rng: np.random.Generator, height: int, width: int, p: SceneParams) -> list[_Layer]:
+    """Background + foreground layers in painter's order (far to near), each with texture, placement, motion."""
+    low, high = p.num_layers
+    count = int(rng.integers(low, low + round(p.difficulty * (high - low)) + 1))
+    depths, slack = _layer_depths(rng, count, p)
+    margin, background_placement, camera = _background_frame(rng, height, width, p)
+    image_centre = ((width - 1) / 2.0, (height - 1) / 2.0)
     layers = [
         _Layer(
             texture=_texture(rng, height + 2 * margin + 1, width + 2 * margin + 1, p),
@@ -449,13 +505,7 @@ def _sample_scene(rng: np.random.Generator, height: int, width: int, p: ScenePar
         centre = (rng.uniform(0, width - 1), rng.uniform(0, height - 1))
         placement = _translation(centre[0] - texture_centre, centre[1] - texture_centre)
         half = size / 2.0
-        rect = (centre[0] - half, centre[1] - half, centre[0] + half, centre[1] + half)
-        visible = (max(rect[0], 0), max(rect[1], 0), min(rect[2], width - 1), min(rect[3], height - 1))
-        moved_centre = tuple(_apply(camera, np.array([centre]))[0][0])
-        motion = _bounded_motion(
-            _draw_motion(rng, moved_centre, half, False, p), camera, _rect_grid(*visible), _rect_corners(*rect),
-            p.max_displacement,
-        )
+        motion = _layer_motion(rng, camera, centre, half, height, width, p)
         layers.append(
             _Layer(
                 texture=cv2.merge([_texture(rng, size, size, p), _shape_alpha(rng, size, radius, p.difficulty)]),
@@ -466,6 +516,228 @@ def _sample_scene(rng: np.random.Generator, height: int, width: int, p: ScenePar
             )
         )
     return layers
+
+
+# ------------------------------------------------------------------------------------------- monocular depth cues
+_GROUND_TEXTURE_SIZE = 256  # px, side of the top-down ground texture (mirrored beyond it)
+_GROUND_MIP_LEVELS = 5  # pyramid levels of the ground texture (minification up to 2 ** 5)
+_FLOATING_PROB = 0.25  # share of objects that float nearer than the ground under them
+_OBJECT_EXTENT = (0.3, 2.0)  # metres, range of an object's size (log-uniform)
+_OBJECT_MAX_DEPTH = 0.6  # objects stand on the ground up to this fraction of the far depth
+
+
+@dataclass(frozen=True)
+class _GroundCamera:
+    """A pinhole camera of focal length ``focal`` (px) at some height above a ground plane, rolled by ``roll``
+    (radians), whose horizon passes through frame-1 pixel (``centre_x``, ``horizon_y``). With ``a`` a pixel's
+    coordinate along the horizon line and ``b`` its distance below it, the ground seen there lies ``z = scale / b``
+    metres ahead (``scale`` = focal length * camera height, px m) and ``a * z / focal`` metres to the side."""
+
+    focal: float  # px
+    scale: float  # px m
+    centre_x: float
+    horizon_y: float
+    roll: float
+
+    @property
+    def level_from_image(self) -> np.ndarray:
+        """[3, 3] frame-1 pixel (x, y, 1) -> (a, b, 1)."""
+        cos, sin = math.cos(self.roll), math.sin(self.roll)
+        rotation = np.array([[cos, sin, 0.0], [-sin, cos, 0.0], [0.0, 0.0, 1.0]])
+        return rotation @ _translation(-self.centre_x, -self.horizon_y)
+
+    def disparity(self, xs: np.ndarray | float, ys: np.ndarray | float) -> np.ndarray | float:
+        """Inverse depth (1/m) of the ground plane at frame-1 pixels; <= 0 above the horizon."""
+        return ((ys - self.horizon_y) * math.cos(self.roll) - (xs - self.centre_x) * math.sin(self.roll)) / self.scale
+
+    def disparity_plane(self) -> tuple[float, float, float, float, float]:
+        """The ground's inverse depth as a ``_Layer.depth_plane``."""
+        cos, sin = math.cos(self.roll), math.sin(self.roll)
+        return 0.0, -sin / self.scale, cos / self.scale, self.centre_x, self.horizon_y
+
+    def row_at(self, x: float, disparity: float) -> float:
+        """Frame-1 row where the ground has ``disparity`` in column ``x``."""
+        return self.horizon_y + (disparity * self.scale + (x - self.centre_x) * math.sin(self.roll)) / math.cos(
+            self.roll)
+
+
+@dataclass(frozen=True)
+class _Haze:
+    """Aerial perspective: a surface ``z`` metres away is mixed with ``colour`` by the weight
+    ``strength * (1 - exp(-z / range))``."""
+
+    colour: np.ndarray  # [3] float32 RGB, also the sky's colour at the horizon
+    range: float  # metres
+    strength: float
+
+    def weight(self, depth: np.ndarray | float) -> np.ndarray | float:
+        return self.strength * (1.0 - np.exp(-np.asarray(depth, np.float32) / self.range))
+
+    def apply(self, colour: np.ndarray, depth: np.ndarray | float) -> np.ndarray:
+        """``colour`` [..., 3] uint8 seen through the haze at ``depth`` (a scalar or [...]) -> uint8."""
+        weight = np.asarray(self.weight(depth), np.float32)[..., None]
+        return cv2.convertScaleAbs(colour + weight * (self.colour - colour))  # rounds and saturates; all >= 0
+
+
+def _ground_camera(rng: np.random.Generator, height: int, width: int, p: SceneParams) -> _GroundCamera:
+    """A random camera: focal 0.8..1.25 image widths, 1.2..2.2 m high, horizon from above the image to 55 % of its
+    height, roll up to 4 degrees; the nearest visible ground kept between 1.5 * near and half the far depth."""
+    near, far = p.depth_range
+    focal = width * rng.uniform(0.8, 1.25)
+    camera_height = rng.uniform(1.2, 2.2)
+    horizon_y = (height - 1) * rng.uniform(-0.15, 0.55)
+    roll = math.radians(4.0) * rng.uniform(-1.0, 1.0)
+    centre_x = (width - 1) / 2.0
+    lowest = max(((height - 1 - horizon_y) * math.cos(roll) - (x - centre_x) * math.sin(roll)) for x in (0, width - 1))
+    lowest = max(lowest, 0.5)  # distance of the nearest image corner below the horizon (px)
+    scale = min(max(focal * camera_height, 1.5 * near * lowest), 0.5 * far * lowest)
+    return _GroundCamera(focal=focal, scale=scale, centre_x=centre_x, horizon_y=horizon_y, roll=roll)
+
+
+def _sky_and_haze(rng: np.random.Generator) -> tuple[_Haze, np.ndarray]:
+    """The haze (its colour is the sky's at the horizon) and the sky's colour at the zenith, float32 RGB."""
+    horizon = np.clip(rng.uniform(140.0, 235.0) + rng.normal(0.0, 12.0, 3), 0.0, 255.0)
+    zenith = np.clip(horizon * rng.uniform(0.35, 0.9) + rng.normal(0.0, 25.0, 3) + [0.0, 10.0, 40.0], 0.0, 255.0)
+    haze = _Haze(colour=horizon.astype(np.float32), range=float(rng.uniform(20.0, 120.0)),
+                 strength=float(rng.uniform(0.5, 1.0)))
+    return haze, zenith.astype(np.float32)
+
+
+def _ground_texture(
+    rng: np.random.Generator, camera: _GroundCamera, placement: np.ndarray, rows: int, cols: int,
+    texels_per_metre: float, haze: _Haze, zenith: np.ndarray, p: SceneParams,
+) -> np.ndarray:
+    """The background texture [rows, cols, 3] uint8 (mapped to frame 1 by ``placement``): the ground plane seen in
+    perspective, hazy with distance, and the sky beyond the far depth.
+
+    The ground is a top-down texture of ``texels_per_metre`` texels per metre (mirrored beyond its edges), mapped by
+    the plane's homography and read from the mip level that matches the local minification (blending the two
+    nearest levels); an image-space grain, fading beyond the depth where the texture stops being magnified, gives
+    the near ground the fine detail that only near surfaces show. The roll is small, so every column has sky above
+    and ground below: the ground rows are a band at the bottom and the sky rows a band at the top."""
+    far = p.depth_range[1]
+    side = _GROUND_TEXTURE_SIZE
+    top_down = _texture(rng, side, side, p)
+    shift = rng.uniform(0.0, side, 2).astype(np.float32)
+    steepness = rng.uniform(1.0, 5.0)  # of the sky's gradient from the horizon colour to the zenith colour
+    to_level = (camera.level_from_image @ placement).astype(np.float32)  # texture pixel -> (a, b, 1), see camera
+    us = np.arange(cols, dtype=np.float32)[None, :]
+    vs = np.arange(rows, dtype=np.float32)[:, None]
+    below = to_level[1, 0] * us + to_level[1, 1] * vs + to_level[1, 2]  # b: px below the horizon line
+    far_line = np.float32(camera.scale / far)  # b of the ground at the far depth; the sky is above it
+    ground = below >= far_line
+    colour = np.empty((rows, cols, 3), np.uint8)
+
+    first = int(np.argmax(ground.any(axis=1))) if ground.any() else rows
+    if first < rows:  # the ground rows
+        along = to_level[0, 0] * us + to_level[0, 1] * vs[first:] + to_level[0, 2]
+        depth = np.float32(camera.scale) / np.maximum(below[first:], far_line)
+        # top-down texel: texels_per_metre * (side offset = a * depth / focal, distance ahead = depth) + shift
+        texel_x = np.float32(texels_per_metre / camera.focal) * along * depth + shift[0]
+        texel_y = np.float32(texels_per_metre) * depth + shift[1]
+        # texels per image pixel across (depth / focal) and along the view (depth^2 / scale), geometric mean
+        minification = np.float32(texels_per_metre / math.sqrt(camera.focal * camera.scale)) * depth * np.sqrt(depth)
+        level = np.clip(np.log2(np.maximum(minification, 1.0)), 0.0, _GROUND_MIP_LEVELS)
+        level_low, level_high = level.min(axis=1), level.max(axis=1)  # each level is read in a band of rows
+        blend = np.zeros((rows - first, cols, 3), np.float32)
+        mip = top_down
+        for index in range(math.ceil(level_high.max()) + 1):
+            if index > 0:
+                mip = cv2.pyrDown(mip)
+            band = np.flatnonzero((level_low < index + 1) & (level_high > index - 1))
+            if band.size == 0:
+                continue
+            band = slice(band[0], band[-1] + 1)
+            weight = np.maximum(0.0, 1.0 - np.abs(level[band] - index))[..., None]
+            view = cv2.remap(mip, texel_x[band] * 0.5**index, texel_y[band] * 0.5**index, cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REFLECT_101)  # the mirrored tiling
+            blend[band] += weight * view
+        # fine surface detail that only near ground resolves: grain fading where the texture is no longer magnified
+        grain = _smooth_noise(rng, rows - first, cols, rng.uniform(4.0, 12.0), 1.5, rng.uniform(0.5, 1.0)) - 0.5
+        fading = np.minimum(np.float32(camera.focal / texels_per_metre) / depth, 1.0)  # 1 up to the texel depth
+        blend += np.float32(rng.uniform(10.0, 40.0)) * (fading * grain)[..., None]
+        colour[first:] = haze.apply(blend, depth)
+
+    last = rows - int(np.argmax(~ground[::-1].all(axis=1))) if not ground.all() else 0
+    if last > 0:  # the sky rows: the horizon colour fading to the zenith colour upwards, and clouds
+        height_above = np.maximum(far_line - below[:last], 0.0)
+        gradient = 1.0 - np.exp(np.float32(-steepness / max(rows, cols)) * height_above)
+        clouds = _smooth_noise(rng, last, cols, rng.uniform(0.3, 1.0) * max(rows, cols), 8.0, 0.5) - 0.5
+        sky = haze.colour + gradient[..., None] * (zenith - haze.colour) + np.float32(rng.uniform(0.0, 50.0)) * clouds[
+            ..., None]
+        np.copyto(colour[:last], cv2.convertScaleAbs(sky), where=~ground[:last, :, None])
+    return cv2.GaussianBlur(colour, (0, 0), TEXTURE_BLUR_SIGMA, borderType=cv2.BORDER_REFLECT_101)
+
+
+def _standing_object(
+    rng: np.random.Generator, ground: _GroundCamera, camera: np.ndarray, texel_depth: float, haze: _Haze,
+    height: int, width: int, p: SceneParams,
+) -> _Layer:
+    """A fronto-parallel object standing on the ground (or floating nearer than the ground under it), its image size
+    and texture detail set by its depth.
+
+    The object's texel farthest below the horizon line is put on the contact point, so the object touches the ground
+    there and, the ground's disparity being linear, is nearer than the ground at every other pixel it covers (its
+    depth is the ground's one pixel below the contact: bilinear resampling spreads the coverage by up to a pixel)."""
+    near, far = p.depth_range
+    contact_x = rng.uniform(0, width - 1)
+    # contact depth log-uniform from the bottom of the image (a little below it: objects may be cut off, but stay
+    # farther than 1.1 * near) to _OBJECT_MAX_DEPTH * far
+    bottom_disparity = ground.disparity(contact_x, (height - 1) + 0.15 * height)
+    nearest = max(1.1 * near, 1.0 / bottom_disparity if bottom_disparity > 0 else far)
+    farthest = max(nearest, _OBJECT_MAX_DEPTH * far)
+    contact_depth = math.exp(rng.uniform(math.log(nearest), math.log(farthest)))
+    contact_y = ground.row_at(contact_x, 1.0 / contact_depth)
+    depth = contact_depth * rng.uniform(0.4, 0.9) if rng.random() < _FLOATING_PROB else contact_depth
+    extent = math.exp(rng.uniform(*np.log(_OBJECT_EXTENT)))
+    radius = min(max(1.5, 0.5 * ground.focal * extent / depth), 0.4 * max(height, width))
+    size = math.ceil(2.0 * radius) + 4
+    alpha = _shape_alpha(rng, size, radius, p.difficulty)
+    texel_y, texel_x = np.nonzero(alpha)
+    if texel_y.size == 0:  # a shape lost to rounding: the bottom centre of its square stands in for it
+        texel_y, texel_x = np.array([size - 1]), np.array([size // 2])
+    touching = np.argmax(ground.disparity(texel_x, texel_y))
+    left, top = contact_x - texel_x[touching], contact_y - texel_y[touching]
+    placement = _translation(left, top)
+    pixel_slack = (abs(math.sin(ground.roll)) + math.cos(ground.roll)) / ground.scale  # disparity over 1 px in x and y
+    depth = max(near, min(depth, 1.0 / (1.0 / contact_depth + pixel_slack)))
+    texture_centre = (size - 1) / 2.0
+    centre = (left + texture_centre, top + texture_centre)
+    motion = _layer_motion(rng, camera, centre, size / 2.0, height, width, p)
+    detail = min(max(depth / texel_depth, 0.25), 4.0)
+    colour = haze.apply(_texture(rng, size, size, p, detail), depth)
+    return _Layer(
+        texture=cv2.merge([colour, alpha]),
+        placement=placement,
+        motion=motion,
+        depth_plane=(depth, 0.0, 0.0, centre[0], centre[1]),
+        border=cv2.BORDER_CONSTANT,
+    )
+
+
+def _sample_ground_scene(rng: np.random.Generator, height: int, width: int, p: SceneParams) -> list[_Layer]:
+    """A ground plane under a sky plus standing objects, far to near (the monocular depth cues of the module
+    docstring); camera and object motions as in :func:`_sample_scene`."""
+    low, high = p.num_layers
+    count = int(rng.integers(low, low + round(p.difficulty * (high - low)) + 1))
+    margin, background_placement, camera = _background_frame(rng, height, width, p)
+    ground = _ground_camera(rng, height, width, p)
+    haze, zenith = _sky_and_haze(rng)
+    texel_depth = rng.uniform(4.0, 12.0)  # metres at which a texture's pattern appears at its native scale
+    rows, cols = height + 2 * margin + 1, width + 2 * margin + 1
+    background = _Layer(
+        texture=_ground_texture(rng, ground, background_placement, rows, cols, ground.focal / texel_depth, haze,
+                                zenith, p),
+        placement=background_placement,
+        motion=camera,
+        depth_plane=ground.disparity_plane(),
+        border=cv2.BORDER_REFLECT_101,
+        disparity_plane=True,
+        max_depth=p.depth_range[1],
+    )
+    objects = [_standing_object(rng, ground, camera, texel_depth, haze, height, width, p) for _ in range(count)]
+    objects.sort(key=lambda layer: -layer.depth_plane[0])
+    return [background, *objects]
 
 
 def _motion_blur_kernel(rng: np.random.Generator, layer: _Layer, strength: float) -> np.ndarray | None:
@@ -637,7 +909,8 @@ def render_pair(
     rng = _make_rng(rng_or_seed, index, stream)
     photometric_rng = np.random.default_rng(rng.integers(2**63))  # drawn always: geometry ignores `photometric`
 
-    layers = _sample_scene(rng, height, width, scene_params)
+    sample_scene = _sample_ground_scene if scene_params.depth_cues else _sample_scene
+    layers = sample_scene(rng, height, width, scene_params)
     if scene_params.photometric > 0:
         for layer in layers:
             layer.blur_kernel = _motion_blur_kernel(photometric_rng, layer, scene_params.photometric)
@@ -707,8 +980,8 @@ class SyntheticFlowDataset(Dataset):
     called with ``depth=`` [H, W] too and returns ``(image1, image2, flow, depth)``; otherwise the depth cannot
     follow its spatial transform and is all zeros (= invalid for depth losses and metrics, which need depth > 0).
 
-    ``difficulty`` (0..1) and ``photometric`` (0..1) are :class:`SceneParams` knobs (default: ``cfg.synthetic``);
-    ``set_difficulty`` changes the former for a curriculum.
+    ``difficulty`` (0..1), ``photometric`` (0..1) and ``depth_cues`` are :class:`SceneParams` knobs (default:
+    ``cfg.synthetic``); ``set_difficulty`` changes the first for a curriculum.
     """
 
     def __init__(
@@ -720,6 +993,7 @@ class SyntheticFlowDataset(Dataset):
         *,
         difficulty: float | None = None,
         photometric: float | None = None,
+        depth_cues: bool | None = None,
         return_occlusion: bool = False,
     ) -> None:
         if split not in STREAMS:
@@ -744,6 +1018,7 @@ class SyntheticFlowDataset(Dataset):
             num_layers=tuple(synthetic.num_layers),
             difficulty=float(synthetic.difficulty if difficulty is None else difficulty),
             photometric=float(synthetic.photometric if photometric is None else photometric),
+            depth_cues=bool(synthetic.depth_cues if depth_cues is None else depth_cues),
             texture_paths=texture_paths,
             texture_image_prob=float(synthetic.texture_image_prob),
         )
