@@ -12,10 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from core.config import load_config
-from core.model import VARIANTS, build_model
+from core.model import VARIANTS, build_model, cost_memory, flow_decoder, layers
 from core.model.checkpoint import CheckpointError, convert_official_state_dict, load_weights
+from core.model.cost_memory import CostMemoryEncoder
+from core.model.flow_decoder import GMAAttention
 from core.model.protoformer import ProtoFormer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,6 +133,93 @@ def test_official_checkpoint_through_config(fixtures_dir, golden, tmp_path):
     with torch.no_grad():
         flow = model.eval()(ref["image1"], ref["image2"], iters=12)["flow"][-1]
     torch.testing.assert_close(flow, ref["outputs"]["flow_up"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["main", "case2"])
+def test_small_chunks_still_match_official(fixtures_dir, golden, monkeypatch, case):
+    """The fixtures' 12x16 and 10x13 grids fit in one chunk of every chunked computation; with tiny chunks the
+    cost maps, GMA rows, token MLPs, self-attention pixels and both vertical attentions (bands of window / query
+    rows, the last band padded) run in many pieces and must still give the official flow (perturbed weights)."""
+    monkeypatch.setattr(layers, "ROW_CHUNK", 100)
+    monkeypatch.setattr(cost_memory, "ROW_CHUNK", 100)
+    monkeypatch.setattr(cost_memory, "COST_MAP_CHUNK", 50)
+    monkeypatch.setattr(flow_decoder, "GMA_ROW_CHUNK", 50)
+    ref = golden["joint"]
+    model = _official_model(fixtures_dir, ref, "joint")
+    prefix = "" if case == "main" else "case2_"
+    with torch.no_grad():
+        out = model(ref[prefix + "image1"], ref[prefix + "image2"], iters=12)
+    expected = ref["outputs"] if case == "main" else ref["case2_outputs"]
+    torch.testing.assert_close(out["flow"][-1], expected["flow_up"], atol=1e-4, rtol=0)
+
+
+def test_small_chunks_give_the_same_training_gradients(monkeypatch):
+    """The chunked computations write into preallocated outputs: gradients must flow through them unchanged."""
+    model = ProtoFormer(VARIANTS["protoformer-s"], model_type="flow", iters=2).train()
+    image1, image2 = torch.rand(2, 2, 3, 64, 96) * 255
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        sum(f.abs().mean() for f in model(image1, image2)["flow"]).backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    whole = gradients()
+    monkeypatch.setattr(layers, "ROW_CHUNK", 50)
+    monkeypatch.setattr(cost_memory, "ROW_CHUNK", 50)
+    monkeypatch.setattr(cost_memory, "COST_MAP_CHUNK", 20)
+    monkeypatch.setattr(flow_decoder, "GMA_ROW_CHUNK", 20)
+    chunked = gradients()
+    for name, grad in whole.items():
+        torch.testing.assert_close(chunked[name], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Bytes of tensor storage created inside the mode and still alive: ``now`` and the ``peak`` over all ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages: dict[int, tuple[int, int]] = {}
+        self.now = self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in self.storages:
+                storage = tensor.untyped_storage()
+                self.storages[storage.data_ptr()] = (storage._weak_ref(), storage.nbytes())
+        for key in [k for k, (ref, _) in self.storages.items() if torch.UntypedStorage._expired(ref)]:
+            torch.UntypedStorage._free_weak_ref(self.storages.pop(key)[0])
+        self.now = sum(size for _, size in self.storages.values())
+        self.peak = max(self.peak, self.now)
+        return out
+
+
+def test_gma_attention_holds_a_single_pairwise_map():
+    """The N x N logits are never all alive next to their softmax (2 N^2 floats, 400 MB at 440x1024)."""
+    attention = GMAAttention(64).eval()
+    inp = torch.randn(1, 64, 48, 64)
+    pairwise = (48 * 64) ** 2 * 4
+    with torch.no_grad():
+        expected = (attention.scale * attention.to_qk(inp).flatten(2)[:, :64]).transpose(1, 2)
+        expected = torch.bmm(expected, attention.to_qk(inp).flatten(2)[:, 64:]).softmax(dim=-1)
+        with LiveTensorBytes() as tracker:
+            out = attention(inp)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    # one N x N map, plus the logits and softmax of one chunk of rows (2 x 512 of 3072 rows here)
+    assert tracker.peak < 1.5 * pairwise, f"peak {tracker.peak / pairwise:.2f} x N^2 floats"
+
+
+def test_cost_volume_is_not_held_during_the_attention_rounds():
+    """The whole [N, N] cost volume (198 MB at 440x1024) exists only after the transformer rounds."""
+    model = CostMemoryEncoder(VARIANTS["protoformer-s"]).eval()
+    feat1, feat2, context = torch.randn(3, 1, 128, 40, 56)
+    pairwise = (40 * 56) ** 2 * 4
+    alive_at_rounds = []
+    for rounds in model.vertical_attention:
+        rounds.register_forward_pre_hook(lambda module, args: alive_at_rounds.append(tracker.now))
+    with torch.no_grad(), LiveTensorBytes() as tracker:
+        model(feat1, feat2, context)
+    assert alive_at_rounds and max(alive_at_rounds) < pairwise, f"{max(alive_at_rounds) / pairwise:.2f} x N^2 floats"
 
 
 def test_batch_of_two_equals_single_runs(fixtures_dir, golden):

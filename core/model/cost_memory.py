@@ -20,18 +20,26 @@ Weights that act on a concatenation ``[tokens, context]`` (queries/keys of the v
 patch MLP) are applied as a sum of their column blocks: the context / position part is computed once per image
 or pixel and broadcast over the T latents. This is the same function with fewer operations.
 
-Steps 2 and 3 run on chunks of ``COST_MAP_CHUNK`` cost maps: every cost map is summarised independently, so the
-result is the same, but the activations of the patch convolutions (16 channels at half the cost-map resolution,
-per cost map) stay in cache instead of growing with (h*w)^2 (about 0.8 GB at 440x1024), which is both the memory
-peak of the whole network and slower.
+Memory (eval, 440x1024: h*w = 7040 pixels, so one [h*w, h*w] cost volume is 198 MB). Every step works on chunks,
+each with the same arithmetic as the whole:
+* steps 1-3 run on ``COST_MAP_CHUNK`` cost maps at a time, computed from the projected features chunk by chunk, so
+  the activations of the patch convolutions (16 channels at half the cost-map resolution, per cost map) stay in
+  cache instead of growing with (h*w)^2 (about 0.8 GB at 440x1024);
+* the whole cost volume, which the decoder samples, is computed once more at the end (one extra matrix product,
+  about 2 % of the forward FLOPs), so it never coexists with the rounds;
+* in the rounds, the self-attention and the MLPs run on chunks of pixels / tokens, the local attention on bands of
+  window rows and the global attention on bands of query rows (``ROW_CHUNK`` tokens each).
 """
 
 from __future__ import annotations
+
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.model.layers import ROW_CHUNK, map_rows
 from core.model.position import linear_sine_code
 from core.model.variants import ProtoFormerSpec
 
@@ -194,6 +202,9 @@ class LatentSelfAttention(nn.Module):
         self.ffn = FeedForward(dim, dim, dropout)
 
     def forward(self, x: Tensor) -> Tensor:
+        return map_rows(self._attend, x, max(1, ROW_CHUNK // x.shape[1]))  # pixels are independent
+
+    def _attend(self, x: Tensor) -> Tensor:
         qkv = F.linear(self.norm1(x), torch.cat([self.q.weight, self.k.weight, self.v.weight]),
                        torch.cat([self.q.bias, self.k.bias, self.v.bias]))
         q, k, v = (_split_heads(t, self.heads) for t in qkv.chunk(3, dim=-1))
@@ -210,7 +221,8 @@ class VerticalLocalAttention(nn.Module):
     the tokens only. Padded positions take part as keys (zero content plus position code; not masked, as in
     the official model) and are cropped from the output. Scale (D/heads)^-1/2, output projection.
 
-    x [B, h, w, T, D] (normalised tokens), context [B, h, w, C] -> [B, h, w, T, D].
+    Windows do not overlap, so bands of whole window rows (about ``ROW_CHUNK`` tokens each) are computed one at a
+    time. x [B, h, w, T, D] (normalised tokens), context [B, h, w, C] -> [B, h, w, T, D].
     """
 
     def __init__(self, dim: int, context_dim: int, context_proj_dim: int, heads: int, window: int,
@@ -226,6 +238,16 @@ class VerticalLocalAttention(nn.Module):
         self.proj_drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        ws = self.window
+        band = ws * max(1, ROW_CHUNK // (ws * x.shape[2] * x.shape[3]))
+        if x.shape[1] <= band:
+            return self._attend(x, context)
+        out = x.new_empty(x.shape)
+        for top in range(0, x.shape[1], band):
+            out[:, top:top + band] = self._attend(x[:, top:top + band], context[:, top:top + band])
+        return out
+
+    def _attend(self, x: Tensor, context: Tensor) -> Tensor:
         batch, height, width, tokens, dim = x.shape
         ws = self.window
         pad_h, pad_w = (-height) % ws, (-width) % ws
@@ -263,7 +285,8 @@ class VerticalGlobalAttention(nn.Module):
     ``[tokens, context_proj(context)] + code(col, row)`` (absolute padded-grid position, width D + Dc). Keys: a
     stride-``sr`` conv of ``[tokens, context]``, LayerNorm ``reduce_norm``, ``+ code(sr*col, sr*row)`` of the
     reduced grid (width D), linear map. Values: a stride-``sr`` conv of the tokens, the same LayerNorm, linear map.
-    Every query attends to all reduced positions; scale (D/heads)^-1/2, crop, output projection.
+    Every query attends to all reduced positions; scale (D/heads)^-1/2, output projection. Queries are formed
+    for the h x w output positions only, in bands of rows (about ``ROW_CHUNK`` tokens each).
 
     x [B, h, w, T, D] (normalised tokens), context [B, h, w, C] -> [B, h, w, T, D].
     """
@@ -291,10 +314,9 @@ class VerticalGlobalAttention(nn.Module):
         x = F.pad(x, (0, 0, 0, 0, 0, pad_w, 0, pad_h))                                   # [B, Hp, Wp, T, D]
         context = F.pad(self.context_proj(context), (0, 0, 0, pad_w, 0, pad_h))        # [B, Hp, Wp, Dc]
 
-        code = linear_sine_code(_grid_coords(rows * sr, cols * sr, 1.0, 0.0, x.device), dim + context.shape[-1])
-        pixel_q = F.linear(context, self.q.weight[:, dim:]) + F.linear(code.to(x.dtype), self.q.weight, self.q.bias)
-        q = F.linear(x, self.q.weight[:, :dim])
-        q += pixel_q.unsqueeze(3)                                                        # [B, Hp, Wp, T, D]
+        code = linear_sine_code(_grid_coords(height, width, 1.0, 0.0, x.device), dim + context.shape[-1])
+        pixel_q = F.linear(context[:, :height, :width], self.q.weight[:, dim:])
+        pixel_q += F.linear(code.to(x.dtype), self.q.weight, self.q.bias)                # [B, h, w, D]
 
         # Stride-sr convs as linear maps of sr x sr patches: [B, rows, cols, T, sr*sr*D].
         patches = x.view(batch, rows, sr, cols, sr, tokens, dim).permute(0, 1, 3, 5, 2, 4, 6).flatten(4)
@@ -312,8 +334,15 @@ class VerticalGlobalAttention(nn.Module):
         def heads_last(t: Tensor) -> Tensor:
             return t.reshape(batch, -1, tokens * self.heads, dim // self.heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(heads_last(q), heads_last(k), heads_last(v))
-        out = out.transpose(1, 2).reshape(batch, rows * sr, cols * sr, tokens, dim)[:, :height, :width]
+        k, v = heads_last(k), heads_last(v)
+        out = x.new_empty(batch, height, width, tokens, dim)
+        band = max(1, ROW_CHUNK // (width * tokens))  # query rows at a time (every query sees all keys)
+        for top in range(0, height, band):
+            rows_in_band = slice(top, min(top + band, height))
+            q = F.linear(x[:, rows_in_band, :width], self.q.weight[:, :dim])
+            q += pixel_q[:, rows_in_band].unsqueeze(3)                                   # [B, band, w, T, D]
+            attended = F.scaled_dot_product_attention(heads_last(q), k, v).transpose(1, 2)
+            out[:, rows_in_band] = attended.reshape(q.shape)
         return self.proj_drop(self.proj(out))
 
 
@@ -333,6 +362,9 @@ class VerticalAttentionBlock(nn.Module):
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x), context)
+        return map_rows(self._mlp_residual, x.flatten(0, -2)).view_as(x)  # per token, in chunks
+
+    def _mlp_residual(self, x: Tensor) -> Tensor:
         return x + self.mlp(self.norm2(x))
 
 
@@ -390,18 +422,27 @@ class CostMemoryEncoder(nn.Module):
         cost = torch.bmm(feat1.flatten(2).transpose(1, 2), feat2.flatten(2))            # [B, h*w, h*w]
         return cost.view(batch * height * width, 1, height, width)
 
+    @staticmethod
+    def cost_map_chunks(feat1: Tensor, feat2: Tensor, chunk: int) -> Iterator[Tensor]:
+        """The cost maps of :meth:`cost_volume` in order, ``chunk`` source pixels at a time: [<=chunk, 1, h, w]."""
+        height, width = feat1.shape[-2:]
+        for source, target in zip(feat1.flatten(2).transpose(1, 2), feat2.flatten(2)):  # [h*w, C], [C, h*w]
+            for rows in source.split(chunk):
+                yield torch.mm(rows, target).view(-1, 1, height, width)
+
     def forward(self, feat1: Tensor, feat2: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         if feat1.shape != feat2.shape or feat1.shape != context.shape or feat1.dim() != 4:
             raise ValueError("CostMemoryEncoder expects feat1, feat2 and context of one shape [B, C, h, w], got "
                              f"{tuple(feat1.shape)}, {tuple(feat2.shape)}, {tuple(context.shape)}")
         batch, _, height, width = feat1.shape
-        cost_maps = self.cost_volume(self.feature_proj(feat1), self.feature_proj(feat2))
+        feat1, feat2 = self.feature_proj(feat1), self.feature_proj(feat2)
 
-        latents = torch.cat([self.cross_attention(self.latent_tokens, self.patch_embed(chunk))
-                             for chunk in cost_maps.split(COST_MAP_CHUNK)])                # [B*h*w, T, D]
+        latents = torch.cat([self.cross_attention(self.latent_tokens, self.patch_embed(cost_maps))
+                             for cost_maps in self.cost_map_chunks(feat1, feat2, COST_MAP_CHUNK)])  # [B*h*w, T, D]
         context_tokens = context.permute(0, 2, 3, 1)                                    # [B, h, w, C]
         x = latents
         for self_attention, vertical_attention in zip(self.self_attention, self.vertical_attention):
             x = self_attention(x)
             x = vertical_attention(x.view(batch, height, width, *x.shape[1:]), context_tokens).flatten(0, 2)
-        return x + latents, cost_maps
+        # The whole volume (for the decoder's lookups) is only built now, so it never coexists with the rounds.
+        return x + latents, self.cost_volume(feat1, feat2)

@@ -14,6 +14,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.model.layers import map_rows
 from core.model.prototyping import PrototypeTokenMixer
 from core.model.variants import ProtoFormerSpec
 
@@ -107,6 +108,10 @@ class PrototypeBlock(nn.Module):
 
     def forward(self, tokens: Tensor, size: tuple[int, int]) -> Tensor:
         tokens = tokens + self.mixer_adapter(self.mixer(self.norm1(tokens), size))
+        # Per token: in chunks of tokens, the 4C-wide hidden layer stays small.
+        return map_rows(self._mlp_residual, tokens.flatten(0, 1)).view_as(tokens)
+
+    def _mlp_residual(self, tokens: Tensor) -> Tensor:
         return tokens + self.mlp_adapter(self.mlp(self.norm2(tokens)))
 
 

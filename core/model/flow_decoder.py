@@ -53,6 +53,9 @@ OFFICIAL_KEY_MAP: list[tuple[str, str]] = [
 # (GMA's "position-only" variant is not used), so its tables and index buffer are dead weights.
 OFFICIAL_UNUSED: list[str] = [r"att\.pos_emb\.(rel_height\.weight|rel_width\.weight|rel_ind)"]
 
+# Query rows of the GMA attention computed per chunk (bounds the transient logits to GMA_ROW_CHUNK x N).
+GMA_ROW_CHUNK = 512
+
 
 class GMAAttention(nn.Module):
     """GMA's global attention among context pixels (Jiang et al. 2021), single head, no position term.
@@ -67,8 +70,14 @@ class GMAAttention(nn.Module):
 
     def forward(self, inp: Tensor) -> Tensor:
         q, k = self.to_qk(inp).flatten(2).chunk(2, dim=1)  # [B, dim, h*w] each
-        similarity = torch.bmm((self.scale * q).transpose(1, 2), k)
-        return similarity.softmax(dim=-1)
+        queries = (self.scale * q).transpose(1, 2)  # [B, h*w, dim]
+        # Row chunks: the logits of all pairs never exist next to their softmax (a second N x N buffer).
+        count = queries.shape[1]
+        attention = queries.new_empty(queries.shape[0], count, count)
+        for start in range(0, count, GMA_ROW_CHUNK):
+            rows = slice(start, start + GMA_ROW_CHUNK)
+            attention[:, rows] = torch.bmm(queries[:, rows], k).softmax(dim=-1)
+        return attention
 
 
 class GlobalMotionAggregator(nn.Module):

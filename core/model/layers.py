@@ -1,12 +1,15 @@
-"""Small blocks shared by the flow and the depth decoder (RAFT-style recurrent refinement).
+"""Small blocks shared by the model's parts (mostly the flow and depth decoders: RAFT-style recurrent refinement).
 
 * :class:`SepConvGRU`: the separable convolutional GRU of RAFT (a 1 x k pass, then a k x 1 pass); the flow
   decoder uses k = 5, the depth decoder k = 3.
 * :func:`convex_upsample`: RAFT's learned convex upsampling from 1/8 to full resolution.
 * :func:`sep_conv_gru_key_map`: the official -> our parameter names of a :class:`SepConvGRU`.
+* :func:`map_rows`: a row-wise function (MLP, FFN) applied to chunks of rows, to bound its intermediate memory.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,8 @@ from torch import Tensor, nn
 # full-resolution pixels of a cell.
 UPSAMPLE_FACTOR = 8
 CONVEX_NEIGHBOURS = 9
+# Rows (tokens, pixels) per chunk in :func:`map_rows`: a 4x-wide MLP of 128 channels then needs 2 x 17 MB.
+ROW_CHUNK = 8192
 # The official heads scale the predicted upsampling mask by 0.25 ("to balance gradients", from RAFT).
 MASK_SCALE = 0.25
 
@@ -95,5 +100,24 @@ def convex_upsample(values: Tensor, mask: Tensor, factor: int = UPSAMPLE_FACTOR,
     weights = torch.softmax(mask.view(batch, 1, CONVEX_NEIGHBOURS, factor, factor, height, width), dim=2)
     neighbours = F.unfold(scale * values, kernel_size=3, padding=1)
     neighbours = neighbours.view(batch, channels, CONVEX_NEIGHBOURS, 1, 1, height, width)
-    fine = torch.sum(weights * neighbours, dim=2)  # [B, C, factor_i, factor_j, h, w]
+    # Sum over the 9 neighbours one at a time: no [B, C, 9, factor, factor, h, w] product (32 MB at 440x1024).
+    fine = weights[:, :, 0] * neighbours[:, :, 0]  # [B, C, factor_i, factor_j, h, w]
+    for k in range(1, CONVEX_NEIGHBOURS):
+        fine += weights[:, :, k] * neighbours[:, :, k]
     return fine.permute(0, 1, 4, 2, 5, 3).reshape(batch, channels, factor * height, factor * width)
+
+
+def map_rows(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int | None = None) -> Tensor:
+    """``fn(x)`` for a ``fn`` that treats the rows ``x[i]`` (slices along dim 0) independently, computed ``chunk``
+    rows at a time (default :data:`ROW_CHUNK`) into one output, so that its intermediate activations exist for one
+    chunk only. The result equals ``fn(x)`` (the same operations on every row); gradients flow as usual.
+    """
+    chunk = ROW_CHUNK if chunk is None else chunk
+    if x.shape[0] <= chunk:
+        return fn(x)
+    first = fn(x[:chunk])
+    out = first.new_empty(x.shape[0], *first.shape[1:])
+    out[:chunk] = first
+    for start in range(chunk, x.shape[0], chunk):
+        out[start:start + chunk] = fn(x[start:start + chunk])
+    return out

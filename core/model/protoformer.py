@@ -93,12 +93,12 @@ class ProtoFormer(nn.Module):
         padder = self._padder(image1)
         image1 = self._normalise(padder, image1)
         context = self.context_encoder(image1)
+        if not self.predicts_depth:
+            context = context[-1:]  # the 1/4-scale map is for the depth head only: do not hold it during the flow
 
         out: dict[str, Tensor | list[Tensor]] = {}
         if self.predicts_flow and image2 is not None:
-            image2 = self._normalise(padder, image2)
-            feat1, feat2 = self.feature_encoder(torch.cat([image1, image2]))[-1].chunk(2)
-            cost_memory, cost_maps = self.cost_memory(feat1, feat2, context[-1])
+            cost_memory, cost_maps = self._cost_memory(image1, self._normalise(padder, image2), context[-1])
             flows, flow_low = self.flow_decoder(
                 cost_memory, cost_maps, context[-1], iters=iters or self.iters, flow_init=flow_init,
                 return_all=return_all,
@@ -108,6 +108,12 @@ class ProtoFormer(nn.Module):
         if self.predicts_depth:
             out["disparity"] = [padder.unpad(d) for d in self.depth_decoder(context, return_all=return_all)]
         return out
+
+    def _cost_memory(self, image1: Tensor, image2: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Both frames' 1/8 features (one batched feature-encoder call) -> cost memory and cost maps. A method of its
+        own, so that the features are freed before the decoder runs."""
+        feat1, feat2 = self.feature_encoder(torch.cat([image1, image2]))[-1].chunk(2)
+        return self.cost_memory(feat1, feat2, context)
 
     def _padder(self, image: Tensor) -> InputPadder:
         """Centred replicate padding to a multiple of 8 (and at least ``min_size``), as the official callers pad."""

@@ -68,6 +68,7 @@ class CrossAttentionPrototyping(nn.Module):
             queries = F.normalize(_rows(_pointwise(self.update_proj, buffer), dim), dim=-1)
             attention = torch.bmm(unit_keys, queries.transpose(1, 2)).softmax(dim=-1)  # [b, N, K], over prototypes
             buffer = torch.bmm(attention.transpose(1, 2), value_rows).reshape(batch_heads, dim, -1)
+            del attention  # not kept alive while the next round computes its own
         return buffer.transpose(1, 2), prototype_values
 
 
@@ -90,8 +91,11 @@ class LatentSynchronization(nn.Module):
         and its index (ties go to the lowest index, like ``torch.argmax``).
         """
         pixels = F.normalize(embeddings.flatten(2).transpose(1, 2), dim=-1)
-        cosine = torch.bmm(pixels, F.normalize(prototypes, dim=-1).transpose(1, 2))  # [b, N, K]
-        return torch.sigmoid(self.sim_beta + self.sim_alpha * cosine).max(dim=-1)
+        unit_prototypes = F.normalize(prototypes, dim=-1)
+        # beta + alpha * cos in one op (the same arithmetic); the cosine map [b, N, K] is not kept, so at most two
+        # such maps exist at once.
+        logits = torch.addcmul(self.sim_beta, self.sim_alpha, torch.bmm(pixels, unit_prototypes.transpose(1, 2)))
+        return torch.sigmoid(logits).max(dim=-1)
 
     def forward(self, prototypes: Tensor, prototype_values: Tensor, embeddings: Tensor, values: Tensor) -> Tensor:
         """Args: ``prototypes``, ``prototype_values`` [b, K, d] (from :class:`CrossAttentionPrototyping`);
@@ -154,13 +158,18 @@ class PrototypeTokenMixer(nn.Module):
         height, width = size
         if height * width != num_tokens:
             raise ValueError(f"size {size} does not match the {num_tokens} tokens")
+        d = self.head_dim
         channel_major = tokens.transpose(1, 2)  # [B, C, N]
-        per_head = (batch * channels // self.head_dim, self.head_dim, height, width)
-        embeddings = _pointwise(self.embed_proj, channel_major).reshape(per_head)
-        keys = _pointwise(self.key_proj, channel_major).reshape(per_head)
-        values = _pointwise(self.value_proj, channel_major).reshape(per_head)
-        prototypes, prototype_values = self.prototyping(embeddings, keys, values)
-        dispatched, assignment = self.synchronization.synchronize(prototypes, prototype_values, embeddings, values)
-        merged = dispatched.reshape(batch, channels, num_tokens).transpose(1, 2)
-        out = F.linear(merged, self.out_proj.weight.flatten(1), self.out_proj.bias)
-        return out, assignment.reshape(batch, -1, num_tokens)
+        merged = tokens.new_empty(batch, channels, num_tokens)  # dispatched features, heads stacked channel-major
+        assignment = torch.empty(batch, channels // d, num_tokens, dtype=torch.long, device=tokens.device)
+        # Images are independent: one at a time, so that only its projections and [heads, N, K] maps exist at once.
+        for image in range(batch):
+            embeddings, keys, values = (
+                _pointwise(conv, channel_major[image:image + 1]).view(-1, d, height, width)
+                for conv in (self.embed_proj, self.key_proj, self.value_proj))
+            prototypes, prototype_values = self.prototyping(embeddings, keys, values)
+            dispatched, assignment[image] = self.synchronization.synchronize(
+                prototypes, prototype_values, embeddings, values)
+            merged[image] = dispatched.view(channels, num_tokens)
+        out = F.linear(merged.transpose(1, 2), self.out_proj.weight.flatten(1), self.out_proj.bias)
+        return out, assignment
