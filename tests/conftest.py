@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from loguru import logger
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("PROTOFORMER_SHARED", REPO_ROOT.parent / "shared"))
@@ -37,3 +38,12 @@ def fixtures_dir(shared_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"golden fixtures of the official model not found at {path}")
     return path
+
+
+@pytest.fixture
+def messages() -> list[str]:
+    """Everything logged at INFO and above while the test runs (loguru does not write to pytest's captured stderr)."""
+    lines: list[str] = []
+    handler = logger.add(lambda message: lines.append(str(message)), level="INFO")
+    yield lines
+    logger.remove(handler)

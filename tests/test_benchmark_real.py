@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from loguru import logger
 
 from core.config import load_config
 from core.data import formats
@@ -61,15 +60,6 @@ def stereo(tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
     formats.write_flo(folder / "flow_gt.flo", flow)
     formats.write_mask(folder / "valid.png", valid)
     return data, {"left": left, "right": right, "flow": flow, "valid": valid}
-
-
-@pytest.fixture
-def messages():
-    """Everything logged while the test runs (loguru does not write to pytest's captured stderr)."""
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(str(message)), level="INFO")
-    yield lines
-    logger.remove(handler)
 
 
 def _numpy_metrics(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray) -> dict[str, float]:

@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from loguru import logger
 
 import demo
 from core.config import load_config
@@ -32,15 +31,6 @@ def _export(path: Path, model_type: str = "flow") -> Path:
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     return _export(tmp_path_factory.mktemp("demo_ckpt") / "random.pth")
-
-
-@pytest.fixture
-def messages():
-    """Everything logged while the test runs (loguru does not write to pytest's captured stderr)."""
-    lines: list[str] = []
-    handler = logger.add(lambda message: lines.append(str(message)), level="INFO")
-    yield lines
-    logger.remove(handler)
 
 
 def _frame(seed: int, size: tuple[int, int] = SIZE) -> np.ndarray:

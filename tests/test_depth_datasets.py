@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from loguru import logger
 from torch.utils.data import DataLoader
 
 from core.config import load_config
@@ -55,14 +54,6 @@ def trees(tmp_path_factory) -> dict[str, Path]:
             "sintel_depth": make_sintel_depth(base / "Sintel-depth")}
 
 
-@pytest.fixture
-def log_messages():
-    messages: list[str] = []
-    handler = logger.add(lambda message: messages.append(str(message)), level="INFO")
-    yield messages
-    logger.remove(handler)
-
-
 def _check_sample(sample: dict, size: tuple[int, int] = (DEPTH_HEIGHT, DEPTH_WIDTH)) -> None:
     assert set(sample) == {"image1", "depth", "valid", "meta"}  # monocular: no image2, no flow
     assert sample["image1"].shape == (3, *size) and sample["image1"].dtype == torch.float32
@@ -96,13 +87,13 @@ def test_kitti_eigen_values_are_metres_and_zero_is_invalid(trees):
     assert float(dataset[0]["depth"][0, 0, 1]) == pytest.approx((1 * 97 + 25 + 1) / 256)  # code 123 -> 0.48 m
 
 
-def test_kitti_eigen_test_split_counts_frames_without_ground_truth(trees, log_messages):
+def test_kitti_eigen_test_split_counts_frames_without_ground_truth(trees, messages):
     dataset = KittiEigenDepth(trees["kitti_depth"], split="test")
     assert len(dataset) == 2 and dataset.split == "test"
     assert dataset.skipped[KittiEigenDepth.no_ground_truth] == [
         f"eigen_test_files_with_gt.txt:3 {DATE2}/{DRIVE2}/image_02/data/{0:010d}.png"]
     assert dataset.skipped[KittiEigenDepth.files_missing] == []
-    assert any("1 of 3 frames are skipped" in message and "None" in message for message in log_messages)
+    assert any("1 of 3 frames are skipped" in message and "None" in message for message in messages)
 
 
 def _write(path: Path, lines: list[str]) -> Path:
@@ -130,12 +121,12 @@ def test_kitti_eigen_missing_frames_error_names_them(tmp_path):
     assert "on_missing='skip'" in message
 
 
-def test_kitti_eigen_missing_frames_skip_warns_with_count(tmp_path, log_messages):
+def test_kitti_eigen_missing_frames_skip_warns_with_count(tmp_path, messages):
     lines = [eigen_line(DATE1, DRIVE1, 1)] + [eigen_line(DATE1, DRIVE1, frame) for frame in range(10, 17)]
     root = _kitti_with_split(tmp_path, lines)
     dataset = KittiEigenDepth(root, split_file=root / "custom.txt", on_missing="skip")
     assert len(dataset) == 1 and len(dataset.skipped[KittiEigenDepth.files_missing]) == 7
-    warning = next(message for message in log_messages if "skipping" in message)
+    warning = next(message for message in messages if "skipping" in message)
     assert "7 of 8 frames" in warning and "... and 2 more" in warning  # the first 5 are named
     with pytest.raises(DatasetNotFoundError, match="no frames with ground-truth depth"):
         KittiEigenDepth(root, split_file=_write(root / "none.txt", lines[1:]), on_missing="skip")

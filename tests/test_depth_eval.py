@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from loguru import logger
 
 import evaluate
 from core.config import load_config
@@ -130,14 +129,6 @@ def known_model(monkeypatch):
                         lambda args, pad_mode: KnownDepthEstimator(load_config(args.config, args.opts)))
 
 
-@pytest.fixture
-def log_messages():
-    messages: list[str] = []
-    handler = logger.add(lambda message: messages.append(str(message)), level="INFO")
-    yield messages
-    logger.remove(handler)
-
-
 def _run(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "report.json"
     assert evaluate.main([*args, "--out", str(out)]) == 0
@@ -150,7 +141,7 @@ def _kitti_test_ground_truth() -> list[np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------------- KITTI Eigen
-def test_kitti_eigen_garg_crop_caps_and_skipped_frames(trees, known_model, tmp_path, log_messages):
+def test_kitti_eigen_garg_crop_caps_and_skipped_frames(trees, known_model, tmp_path, messages):
     report = _run(tmp_path, "--config", str(REPO / "configs" / "depth_eigen.yaml"), "--dataset", "kitti_eigen",
                   *_roots(trees))
     assert report["protocol"] == {"crop": "garg", "min_depth": 1e-3, "max_depth": 80.0, "median_scaling": False,
@@ -163,7 +154,7 @@ def test_kitti_eigen_garg_crop_caps_and_skipped_frames(trees, known_model, tmp_p
     assert result["num_skipped"] == 1 and result["skipped"] == {no_annotation: 1}
     assert result["skipped_images"][no_annotation] == [
         f"eigen_test_files_with_gt.txt:3 {DATE2}/{DRIVE2}/image_02/data/{0:010d}.png"]
-    table = next(message for message in log_messages if "kitti_eigen depth (" in message)
+    table = next(message for message in messages if "kitti_eigen depth (" in message)
     assert "crop garg, depth caps 0.001..80 m, median scaling off" in table
     assert "AbsRel" in table and "d<1.25^3" in table and "SILog" in table
     assert f"skipped 1 frame(s): {no_annotation}" in table
@@ -224,29 +215,29 @@ def test_every_frame_invalid_gives_no_metrics_but_a_report(tmp_path, known_model
     assert result["num_images"] == 0 and result["skipped"] == {SKIP_NO_GROUND_TRUTH: 1} and "abs_rel" not in result
 
 
-def test_8bit_ground_truth_and_missing_frames_are_clear_errors(tmp_path, known_model, log_messages):
+def test_8bit_ground_truth_and_missing_frames_are_clear_errors(tmp_path, known_model, messages):
     root = make_kitti_depth(tmp_path / "kitti_depth")
     args = ["--config", str(REPO / "configs" / "depth_eigen.yaml"), "--dataset", "kitti_eigen",
             "data.roots.kitti_depth", str(root)]
     gt = root / "data_depth_annotated" / "val" / DRIVE2 / "proj_depth" / "groundtruth" / "image_02" / f"{2:010d}.png"
     cv2.imwrite(str(gt), np.full((DEPTH_HEIGHT, DEPTH_WIDTH), 40, np.uint8))
     assert evaluate.main(args) == 2
-    assert any(str(gt) in message and "16-bit PNG, found a 8-bit" in message for message in log_messages)
+    assert any(str(gt) in message and "16-bit PNG, found a 8-bit" in message for message in messages)
 
     split = root / "eigen_test_files_with_gt.txt"
     split.write_text(eigen_line(DATE1, DRIVE1, 3) + "\n" + eigen_line(DATE1, DRIVE1, 7) + "\n")
-    log_messages.clear()
+    messages.clear()
     assert evaluate.main(args) == 2
-    error = next(message for message in log_messages if "ERROR" in message)
+    error = next(message for message in messages if "ERROR" in message)
     missing_image = root / "raw" / DATE1 / DRIVE1 / "image_02" / "data" / f"{7:010d}.png"
     assert str(split) in error and "line 2: image not found" in error and str(missing_image) in error
 
 
-def test_flow_model_on_a_depth_set_and_depth_options_on_flow_sets(trees, tmp_path, log_messages):
+def test_flow_model_on_a_depth_set_and_depth_options_on_flow_sets(trees, tmp_path, messages):
     args = ["--random-init", "--config", str(REPO / "configs" / "synthetic.yaml"), "--dataset", "kitti_eigen",
             *_roots(trees)]
     assert evaluate.main(args) == 2
-    assert any("measures depth, but the model is a 'flow' model" in message for message in log_messages)
+    assert any("measures depth, but the model is a 'flow' model" in message for message in messages)
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--dataset", "sintel", "--median-scaling"])
     with pytest.raises(SystemExit):
