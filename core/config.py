@@ -211,6 +211,18 @@ def _finish(cfg: CN, opts: Sequence[str] | Iterable[str]) -> CN:
     return cfg
 
 
+def with_overrides(cfg: CN, opts: Sequence[str] | Iterable[str]) -> CN:
+    """A validated, frozen copy of ``cfg`` with ``KEY VALUE`` overrides applied (``cfg`` itself is not changed).
+
+    Raises:
+        KeyError: an override names a key that does not exist.
+        ValueError: an odd number of items, or a value of the wrong type or out of range.
+    """
+    cfg = cfg.clone()
+    cfg.defrost()
+    return _finish(cfg, opts)
+
+
 def validate(cfg: CN) -> None:
     """Check values that yacs' type check cannot (choices and ranges). Raises ValueError."""
     from core.model import VARIANTS  # imported here: the model package imports nothing from config

@@ -26,7 +26,7 @@ from scipy.interpolate import griddata
 from torch import Tensor
 from yacs.config import CfgNode
 
-from core.config import config_from_text, get_cfg_defaults, load_config
+from core.config import config_from_text, get_cfg_defaults, load_config, with_overrides
 from core.metrics import disparity_to_depth
 from core.model import build_model
 from core.model.checkpoint import CheckpointError, load_weights, read_checkpoint
@@ -153,10 +153,10 @@ def _stored_config(text: str, opts: Iterable[str] = ()) -> CfgNode:
     Raises :class:`CheckpointError` if the stored config does not fit this code.
     """
     try:
-        config_from_text(text)
+        stored = config_from_text(text)
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"the config stored in the checkpoint does not fit this code: {err}") from None
-    return config_from_text(text, opts)
+    return with_overrides(stored, opts)
 
 
 def _embedded_config(raw: Any) -> str | None:

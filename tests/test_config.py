@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import config_from_text, flatten_config, get_cfg_defaults, load_config
+from core.config import config_from_text, flatten_config, get_cfg_defaults, load_config, with_overrides
 from core.model import VARIANTS
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -90,3 +90,14 @@ def test_config_from_text_round_trips_a_dump_and_names_its_source():
         config_from_text("train:\n  no_such_key: 1\n", source="ckpt.pth")
     with pytest.raises(ValueError, match="ckpt.pth"):
         config_from_text("train:\n  lr: [1, 2]\n", source="ckpt.pth")
+
+
+def test_with_overrides_returns_a_checked_copy_and_leaves_the_original():
+    cfg = load_config(None, ["model.iters", "6"])
+    changed = with_overrides(cfg, ["model.iters", "12", "train.lr", "2e-4"])
+    assert (changed.model.iters, changed.train.lr) == (12, 2e-4) and changed.is_frozen()
+    assert cfg.model.iters == 6 and cfg.is_frozen()
+    with pytest.raises(KeyError, match="model.no_such_key"):
+        with_overrides(cfg, ["model.no_such_key", "1"])
+    with pytest.raises(ValueError, match="model.iters must be >= 1"):
+        with_overrides(cfg, ["model.iters", "0"])
