@@ -1,7 +1,7 @@
 """Train ProtoFormer for one stage of a schedule, on one process or many (torchrun, DistributedDataParallel).
 
     python train.py --config configs/synthetic.yaml --work-dir runs/synthetic [KEY VALUE ...]
-    torchrun --nproc_per_node=8 train.py --config configs/sintel.yaml --work-dir runs/sintel
+    torchrun --nproc_per_node=4 train.py --config configs/sintel.yaml --work-dir runs/sintel
     python train.py --work-dir runs/sintel --resume                 # continue where the run stopped
     python train.py --work-dir runs/sintel --export sintel.pth      # weights-only file of best.pth (or latest.pth)
 

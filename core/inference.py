@@ -33,7 +33,8 @@ from core.model.checkpoint import CheckpointError, load_weights, read_checkpoint
 from core.tiling import TileGrid, run_tiled
 from core.utils.padder import InputPadder
 
-DEFAULT_CHECKPOINT = Path("checkpoints/protoformer-s-synthetic.pth")
+DEFAULT_CHECKPOINT = Path("checkpoints/protoformer-s-synthetic.pth")  # inside the repository (REPO_ROOT)
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TRAIN_COMMANDS = (
     "python train.py --config configs/synthetic.yaml --work-dir runs/synthetic",
     f"python train.py --work-dir runs/synthetic --export {DEFAULT_CHECKPOINT}",
@@ -246,13 +247,14 @@ class FlowEstimator:
 
     # ------------------------------------------------------------------------------------------- construction
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path = DEFAULT_CHECKPOINT,
+    def from_checkpoint(cls, checkpoint: str | Path | None = None,
                         config: str | Path | CfgNode | None = None, device: str | torch.device | None = None,
                         precision: str | None = None, iters: int | None = None, tile: bool | str | None = None,
                         pad_mode: str = "sintel", opts: Iterable[str] = ()) -> "FlowEstimator":
         """Build the network a checkpoint needs and load it.
 
-        ``checkpoint`` may be this project's training checkpoint or weight export (which carry their config), an
+        ``checkpoint`` (default: the shipped :data:`DEFAULT_CHECKPOINT` of this repository, wherever the caller
+        runs from) may be this project's training checkpoint or weight export (which carry their config), an
         official ProtoFormer release (keys with ``module.``; pass its ``config``, e.g. ``configs/sintel.yaml``) or a
         plain state_dict. See :func:`resolve_config` for how the config is found. ``opts`` are ``KEY VALUE``
         config overrides.
@@ -261,7 +263,7 @@ class FlowEstimator:
             MissingCheckpointError: the file does not exist (the message says how to train one).
             CheckpointError: the file is unreadable or does not fit the network.
         """
-        path = Path(checkpoint)
+        path = REPO_ROOT / DEFAULT_CHECKPOINT if checkpoint is None else Path(checkpoint)
         if not path.is_file():
             raise MissingCheckpointError(missing_checkpoint_message(path))
         raw = read_checkpoint(path)

@@ -2,7 +2,9 @@
 # Train one stage on NPROC processes of this machine with torchrun (DistributedDataParallel; NCCL on GPUs, gloo on CPU).
 #
 #   sh ./scripts/dist_train.sh CONFIG NPROC --work-dir DIR [--resume] [--device cpu] [KEY VALUE ...]
-#   sh ./scripts/dist_train.sh configs/sintel.yaml 8 --work-dir SCRATCH_DIR
+#   sh ./scripts/dist_train.sh configs/sintel.yaml 4 --work-dir SCRATCH_DIR
+#
+# train.batch_size is the global batch and must divide by NPROC (the stage configs use 4 or 8).
 #
 # Environment: PYTHON (default python), PORT (rendezvous port, default 29500; use another one for a second run on the
 # same machine), NNODES / NODE_RANK / MASTER_ADDR for several machines (run the same command on each).

@@ -1,10 +1,12 @@
 #!/usr/bin/env sh
-# Reproduces the shipped default checkpoint: protoformer-s on the built-in synthetic data, on a CPU, in two stages
+# Reproduces the shipped default checkpoint: protoformer-s on the built-in synthetic data, on a CPU, in three stages
 # (an easy-to-hard curriculum):
-#   1. configs/cpu_default.yaml     motions up to 48 px, photometric 0.3, paused at step 500 of its long schedule
-#   2. configs/cpu_default_ft.yaml  from stage 1's weights: motions up to 72 px, photometric 0.5, 1200 steps that
-#                                   anneal the learning rate to zero
-# Resumable: run it again to continue an interrupted stage. At the end the best stage-2 weights are exported (fp16)
+#   1. configs/cpu_default.yaml      motions up to 48 px, photometric 0.3, paused at step 500 of its long schedule
+#   2. configs/cpu_default_ft.yaml   from stage 1's weights: motions up to 72 px, photometric 0.5, 1200 steps that
+#                                    anneal the learning rate to zero
+#   3. configs/cpu_default_ft2.yaml  from stage 2's weights: new samples of stage 2's distribution, 2800 more
+#                                    annealed steps
+# Resumable: run it again to continue an interrupted stage. At the end the best stage-3 weights are exported (fp16)
 # to checkpoints/protoformer-s-synthetic.pth with their config beside it.
 #
 #   sh ./scripts/train_cpu_default.sh [WORK_DIR]          # default work dir: runs/cpu_default
@@ -24,4 +26,10 @@ else
     $PYTHON train.py --config configs/cpu_default_ft.yaml --work-dir "$WORK/stage2" \
         train.restore_ckpt "$WORK/stage1/checkpoints/latest.pth"
 fi
-$PYTHON train.py --work-dir "$WORK/stage2" --export checkpoints/protoformer-s-synthetic.pth --fp16
+if [ -f "$WORK/stage3/checkpoints/latest.pth" ]; then
+    $PYTHON train.py --work-dir "$WORK/stage3" --resume
+else
+    $PYTHON train.py --config configs/cpu_default_ft2.yaml --work-dir "$WORK/stage3" \
+        train.restore_ckpt "$WORK/stage2/checkpoints/latest.pth"
+fi
+$PYTHON train.py --work-dir "$WORK/stage3" --export checkpoints/protoformer-s-synthetic.pth --fp16

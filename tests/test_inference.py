@@ -273,6 +273,12 @@ def test_from_checkpoint_uses_the_stored_config(tmp_path, estimator):
     assert explicit.cfg.model.variant == "protoformer-s" and explicit.iters == 12
 
 
+def test_default_checkpoint_is_found_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the shipped file lies in the repository, not under the caller's directory
+    loaded = FlowEstimator.from_checkpoint(device="cpu")
+    assert loaded.cfg.model.variant == "protoformer-s"
+
+
 def test_missing_or_wrong_checkpoint(tmp_path):
     with pytest.raises(MissingCheckpointError, match="train.py"):
         FlowEstimator.from_checkpoint(tmp_path / "absent.pth")
