@@ -48,7 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, default_collate
 from yacs.config import CfgNode
 
-from core.config import config_from_text, flatten_config, load_config
+from core.config import config_from_text, flatten_config, load_config, with_overrides
 from core.data.loader import build_train_dataset, build_val_dataset
 from core.data.formats import read_image
 from core.losses import depth_sequence_loss, sequence_loss
@@ -636,8 +636,11 @@ def evaluate(model: nn.Module, dataset: Dataset, name: str, cfg: CfgNode, precis
 
 
 # ----------------------------------------------------------------------------------------------- export
-def export_weights(work_dir: Path, output: Path, half: bool = False) -> Path:
+def export_weights(work_dir: Path, output: Path, half: bool = False, opts: Sequence[str] = ()) -> Path:
     """Write the weights of ``best.pth`` (else ``latest.pth``) as a release file; returns the source checkpoint.
+
+    ``opts`` (``KEY VALUE`` pairs) change the stored config, e.g. ``model.iters 12`` to make inference run more
+    refinement iterations than training did; they are checked like any override.
 
     The file is ``{"format": "protoformer-weights-v1", "model": state_dict, "config": cfg.dump()}`` (the config is
     also written beside it as ``<output stem>.yaml``), readable with
@@ -651,10 +654,14 @@ def export_weights(work_dir: Path, output: Path, half: bool = False) -> Path:
     checkpoint = read_checkpoint(source)
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{source} is not a training checkpoint of this project")
+    config = checkpoint["config"]
+    if opts:
+        config = with_overrides(config_from_text(config, source=f"the config stored in {source}"), opts).dump()
+        logger.info(f"stored config changed by {' '.join(map(str, opts))}")
     model = {key: value.half() if half and value.is_floating_point() else value
              for key, value in checkpoint["model"].items()}
-    atomic_save({"format": WEIGHTS_FORMAT, "model": model, "config": checkpoint["config"]}, output)
-    atomic_write_text(output.with_suffix(".yaml"), checkpoint["config"])
+    atomic_save({"format": WEIGHTS_FORMAT, "model": model, "config": config}, output)
+    atomic_write_text(output.with_suffix(".yaml"), config)
     logger.info(f"exported the weights of {source} (step {checkpoint['step']}) to {output}"
                 + (" in float16" if half else "") + f", its config to {output.with_suffix('.yaml')}")
     return source
@@ -683,6 +690,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--config is required (except with --resume or --export)")
     if args.fp16 and not args.export:
         parser.error("--fp16 only applies to --export")
+    if args.export and (args.config or args.resume or args.stop_at):
+        parser.error("--export writes the checkpoint's own config: --config, --resume and --stop-at do not apply "
+                     "(change stored values with KEY VALUE overrides, e.g. model.iters 12)")
     return args
 
 
@@ -696,7 +706,7 @@ def _load_run_config(args: argparse.Namespace) -> CfgNode:
 def run(args: argparse.Namespace) -> None:
     """Export, or train one stage in this process (joining torchrun's process group if there is one)."""
     if args.export:
-        export_weights(args.work_dir, args.export, half=args.fp16)
+        export_weights(args.work_dir, args.export, half=args.fp16, opts=args.opts)
         return
     cfg = _load_run_config(args)
     configure_determinism(args.deterministic)

@@ -368,3 +368,12 @@ def test_validation_logging_best_checkpoint_and_export(tmp_path):
         best = torch.load(checkpoints / "best.pth", weights_only=True)["model"]
         for key, value in model.state_dict().items():
             torch.testing.assert_close(value, best[key], rtol=1e-3 if half else 0, atol=1e-3 if half else 0)
+
+    out = tmp_path / "more_iters.pth"
+    assert train.main(["--work-dir", str(tmp_path), "--export", str(out), "model.iters", "7"]) == 0
+    assert config_from_text(torch.load(out, weights_only=True)["config"]).model.iters == 7 != cfg.model.iters
+    assert "iters: 7" in out.with_suffix(".yaml").read_text()
+    assert train.main(["--work-dir", str(tmp_path), "--export", str(tmp_path / "bad.pth"), "model.nope", "1"]) == 2
+    assert not (tmp_path / "bad.pth").exists()
+    with pytest.raises(SystemExit):
+        train.parse_args(["--work-dir", str(tmp_path), "--export", str(out), "--config", "configs/synthetic.yaml"])
