@@ -83,21 +83,22 @@ def collect(work_dirs: list[Path], val_set: str, metrics: list[str]) -> tuple[li
     return points, boundaries
 
 
-def to_csv(points: list[Point], metrics: list[str]) -> str:
+def to_csv(points: list[Point], metrics: list[str], labels: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["stage", "step", "total_step", "minutes", *metrics])
     for p in points:
-        writer.writerow([p.stage, p.step, p.total_step, f"{p.minutes:.1f}", *(f"{p.values[m]:.4g}" for m in metrics)])
+        writer.writerow([labels[p.stage - 1], p.step, p.total_step, f"{p.minutes:.1f}", *(f"{p.values[m]:.4g}" for m in metrics)])
     return buffer.getvalue()
 
 
-def plot(points: list[Point], boundaries: list[int], metrics: list[str], val_set: str, title: str) -> bytes:
+def plot(points: list[Point], boundaries: list[int], metrics: list[str], val_set: str, title: str,
+         labels: list[str]) -> bytes:
     figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         for stage in sorted({p.stage for p in points}):
             own = [p for p in points if p.stage == stage]
-            axis.plot([p.total_step for p in own], [p.values[metric] for p in own], "o-", label=f"stage {stage}")
+            axis.plot([p.total_step for p in own], [p.values[metric] for p in own], "o-", label=labels[stage - 1])
         for boundary in boundaries:
             axis.axvline(boundary, color="grey", linestyle=":", linewidth=1)
         axis.set_xlabel("training step")
@@ -122,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--csv", type=Path, help="CSV to write (default: --out with .csv)")
     parser.add_argument("--title", default="", help="figure title (default: the work dirs)")
+    parser.add_argument("--labels", nargs="+", help="legend names of the work dirs (default: stage 1, stage 2, ...)")
     args = parser.parse_args(argv)
+    labels = args.labels or [f"stage {k}" for k in range(1, len(args.work_dirs) + 1)]
+    if len(labels) != len(args.work_dirs):
+        parser.error(f"--labels: {len(labels)} names for {len(args.work_dirs)} work dirs")
     try:
         points, boundaries = collect(args.work_dirs, args.val_set, args.metrics)
     except (FileNotFoundError, ValueError) as err:
@@ -132,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no validation points of '{args.val_set}' in {', '.join(map(str, args.work_dirs))}",
               file=sys.stderr)
         return 2
-    table = to_csv(points, args.metrics)
+    table = to_csv(points, args.metrics, labels)
     title = args.title or " -> ".join(d.name for d in args.work_dirs)
-    atomic_write_bytes(args.out, plot(points, boundaries, args.metrics, args.val_set, title))
+    atomic_write_bytes(args.out, plot(points, boundaries, args.metrics, args.val_set, title, labels))
     atomic_write_text(args.csv or args.out.with_suffix(".csv"), table)
     print(table, end="")
     return 0

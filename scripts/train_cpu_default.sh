@@ -8,7 +8,8 @@
 #                                    1400 of its schedule
 #   4. configs/cpu_default_ft3.yaml  from stage 3's weights: motions up to 100 px (whole-scene motions up to 60 px),
 #                                    1300 steps that anneal the learning rate to zero
-# Resumable: run it again to continue an interrupted stage. At the end the best stage-4 weights are exported (fp16)
+# Resumable: run it again to continue an interrupted stage. At the end the best stage-4 weights are exported (fp16,
+# inferring with 12 refinement iterations; training used 6)
 # to checkpoints/protoformer-s-synthetic.pth with their config beside it (this replaces the shipped file).
 #
 #   sh ./scripts/train_cpu_default.sh [WORK_DIR]          # default work dir: runs/cpu_default
@@ -41,4 +42,4 @@ else
     $PYTHON train.py --config configs/cpu_default_ft3.yaml --work-dir "$WORK/stage4" \
         train.restore_ckpt "$WORK/stage3/checkpoints/latest.pth"
 fi
-$PYTHON train.py --work-dir "$WORK/stage4" --export checkpoints/protoformer-s-synthetic.pth --fp16
+$PYTHON train.py --work-dir "$WORK/stage4" --export checkpoints/protoformer-s-synthetic.pth --fp16 model.iters 12

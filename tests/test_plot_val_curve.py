@@ -33,7 +33,8 @@ def test_stages_are_chained_at_their_checkpoint_step(tmp_path, capsys):
     rows = [line.split(",") for line in out.with_suffix(".csv").read_text().splitlines()]
     assert rows[0] == ["stage", "step", "total_step", "minutes", "epe", "3px"]
     assert [(r[0], r[1], r[2], r[4]) for r in rows[1:]] == [
-        ("1", "20", "20", "9"), ("1", "40", "40", "8"), ("2", "10", "50", "7"), ("2", "20", "60", "6.5")]
+        ("stage 1", "20", "20", "9"), ("stage 1", "40", "40", "8"), ("stage 2", "10", "50", "7"),
+        ("stage 2", "20", "60", "6.5")]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert capsys.readouterr().out == out.with_suffix(".csv").read_text()
 
