@@ -5,16 +5,25 @@
 #   sh ./scripts/train_standard.sh [NPROC] [WORK_ROOT]        # defaults: 4 processes, runs/standard
 #
 # NPROC must divide every stage's global train.batch_size (8 for chairs, 4 after): 1, 2 or 4.
-# A stage that stopped can be continued with
-#   sh ./scripts/dist_train.sh configs/<stage>.yaml NPROC --work-dir WORK_ROOT/<stage> --resume
-# after which the later stages are started by hand with the lines below.
+# Resumable: run the same command again after an interruption; a stage with checkpoints continues from its
+# latest.pth (a finished stage does nothing) and the later stages follow.
 set -eu
 
 NPROC=${1:-4}
 WORK=${2:-runs/standard}
 TRAIN="sh $(dirname "$0")/dist_train.sh"
 
-$TRAIN configs/chairs.yaml "$NPROC" --work-dir "$WORK/chairs"
-$TRAIN configs/things.yaml "$NPROC" --work-dir "$WORK/things" train.restore_ckpt "$WORK/chairs/checkpoints/latest.pth"
-$TRAIN configs/sintel.yaml "$NPROC" --work-dir "$WORK/sintel" train.restore_ckpt "$WORK/things/checkpoints/latest.pth"
-$TRAIN configs/kitti.yaml "$NPROC" --work-dir "$WORK/kitti" train.restore_ckpt "$WORK/sintel/checkpoints/latest.pth"
+stage() {  # stage NAME PREVIOUS: train configs/NAME.yaml from PREVIOUS's final weights, or resume it
+    if [ -f "$WORK/$1/checkpoints/latest.pth" ]; then
+        $TRAIN "configs/$1.yaml" "$NPROC" --work-dir "$WORK/$1" --resume
+    elif [ -n "$2" ]; then
+        $TRAIN "configs/$1.yaml" "$NPROC" --work-dir "$WORK/$1" train.restore_ckpt "$WORK/$2/checkpoints/latest.pth"
+    else
+        $TRAIN "configs/$1.yaml" "$NPROC" --work-dir "$WORK/$1"
+    fi
+}
+
+stage chairs ""
+stage things chairs
+stage sintel things
+stage kitti sintel

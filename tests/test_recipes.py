@@ -1,0 +1,61 @@
+"""The shell recipes (scripts/train_standard.sh, scripts/train_cpu_default.sh): which train.py commands they run,
+fresh and after an interruption, checked with a stand-in Python that only records its arguments."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
+
+
+def run_recipe(tmp_path: Path, script: str, *args: str, done: tuple[str, ...] = ()) -> list[str]:
+    """Run ``scripts/<script>`` with PYTHON = a recorder; ``done`` stages already have a latest.pth."""
+    log = tmp_path / "calls.txt"
+    recorder = tmp_path / "python"
+    recorder.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\n')
+    recorder.chmod(0o755)
+    for stage in done:
+        (tmp_path / "work" / stage / "checkpoints").mkdir(parents=True)
+        (tmp_path / "work" / stage / "checkpoints" / "latest.pth").write_bytes(b"")
+    env = {**os.environ, "PYTHON": str(recorder)}
+    subprocess.run(["sh", str(REPO / "scripts" / script), *args], cwd=REPO, env=env, check=True,
+                   capture_output=True, timeout=60)
+    return log.read_text().splitlines()
+
+
+def test_train_standard_chains_the_stages_and_resumes_where_it_stopped(tmp_path):
+    work = tmp_path / "work"
+    calls = run_recipe(tmp_path, "train_standard.sh", "2", str(work))
+    assert [c.split("--config ")[1].split()[0] for c in calls] == [
+        "configs/chairs.yaml", "configs/things.yaml", "configs/sintel.yaml", "configs/kitti.yaml"]
+    assert all("--nproc_per_node=2" in c for c in calls)
+    assert "restore_ckpt" not in calls[0] and f"train.restore_ckpt {work}/chairs/checkpoints/latest.pth" in calls[1]
+    assert f"train.restore_ckpt {work}/sintel/checkpoints/latest.pth" in calls[3]
+
+    (tmp_path / "calls.txt").unlink()
+    calls = run_recipe(tmp_path, "train_standard.sh", "2", str(work), done=("chairs", "things"))
+    assert [("--resume" in c, "restore_ckpt" in c) for c in calls] == [(True, False), (True, False),
+                                                                        (False, True), (False, True)]
+
+
+def test_train_cpu_default_runs_four_stages_then_exports(tmp_path):
+    work = tmp_path / "work"
+    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work))
+    configs = [c.split("--config ")[1].split()[0] for c in calls if "--config" in c]
+    assert configs == ["configs/cpu_default.yaml", "configs/cpu_default_ft.yaml", "configs/cpu_default_ft2.yaml",
+                       "configs/cpu_default_ft3.yaml"]
+    assert "--stop-at 500" in calls[0] and "--stop-at 1400" in calls[2]
+    assert calls[-1] == (f"train.py --work-dir {work}/stage4 --export checkpoints/protoformer-s-synthetic.pth "
+                         "--fp16 model.iters 12")
+
+    (tmp_path / "calls.txt").unlink()
+    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=("stage1", "stage2", "stage3"))
+    assert calls[0] == f"train.py --work-dir {work}/stage1 --resume --stop-at 500"
+    assert calls[2] == f"train.py --work-dir {work}/stage3 --resume --stop-at 1400"
+    assert "--config configs/cpu_default_ft3.yaml" in calls[3] and "stage3/checkpoints/latest.pth" in calls[3]
