@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -59,6 +60,7 @@ REPORTED_METRICS = ("epe", "1px", "3px", "fl_all")
 PREVIEW_TILE_WIDTH = 200  # px, width of each panel of a preview image
 VISUAL_RADIUS_PERCENTILE = 99.0  # colour scale of the pairs without ground truth
 ZERO_FLOW = "zero flow (reference)"
+MOTION_BINS = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, math.inf)  # px, ranges of the true motion length for the EPE split
 
 
 @dataclass
@@ -166,6 +168,24 @@ def timed_flow(flow_fn: FlowFn, image1: np.ndarray, image2: np.ndarray) -> tuple
     return np.asarray(flow, np.float32), time.perf_counter() - start
 
 
+def epe_by_motion(flow: np.ndarray, truth: np.ndarray, valid: np.ndarray,
+                  edges: tuple[float, ...] = MOTION_BINS) -> list[dict[str, Any]]:
+    """EPE over the valid pixels whose true motion length (px) lies in each ``[low, high)`` range of ``edges``.
+
+    Shows where an error comes from (e.g. large motions underestimated). Ranges without a valid pixel are left out.
+    Returns ``[{"range": "10-20", "pixels": n, "epe": px}, ...]``.
+    """
+    length = np.linalg.norm(truth, axis=-1)
+    error = np.linalg.norm(flow - truth, axis=-1)
+    rows = []
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = valid & (length >= low) & (length < high)
+        if inside.any():
+            name = f"{low:g}-{high:g}" if math.isfinite(high) else f">={low:g}"
+            rows.append({"range": name, "pixels": int(inside.sum()), "epe": float(error[inside].mean())})
+    return rows
+
+
 def evaluate(method: Method, pair: StereoPair) -> tuple[dict[str, float], np.ndarray]:
     """Metrics and runtime of one method on the stereo pair, and its flow [H, W, 2]."""
     flow, seconds = timed_flow(method.flow_fn, pair.image1, pair.image2)
@@ -190,6 +210,14 @@ def markdown_table(rows: list[dict[str, Any]], size: tuple[int, int]) -> str:
         metrics = row["metrics"]
         lines.append(f"| {row['method']} | {metrics['epe']:.2f} | {100 * metrics['1px']:.1f} | "
                      f"{100 * metrics['3px']:.1f} | {metrics['fl_all']:.1f} | {metrics['seconds']:.2f} |")
+    if rows and rows[0].get("epe_by_motion"):
+        bins = rows[0]["epe_by_motion"]
+        total = sum(b["pixels"] for b in bins)
+        lines += ["", "EPE (px) by the length of the true motion (px; share of the valid pixels):", "",
+                  "| method | " + " | ".join(f"{b['range']} ({100 * b['pixels'] / total:.0f} %)" for b in bins) + " |",
+                  "|---|" + "---:|" * len(bins)]
+        lines += [f"| {row['method']} | " + " | ".join(f"{b['epe']:.2f}" for b in row["epe_by_motion"]) + " |"
+                  for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -259,7 +287,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows, flows = [], []
     for method in methods:
         metrics, flow = evaluate(method, pair)
-        rows.append({"method": method.name, "settings": method.settings, "metrics": metrics})
+        rows.append({"method": method.name, "settings": method.settings, "metrics": metrics,
+                     "epe_by_motion": epe_by_motion(flow, pair.flow, pair.valid)})
         flows.append(flow)
     ours, dis = methods[0], methods[len(args.scale)]  # the first scale; build_methods puts DIS after the scales
     result: dict[str, Any] = {

@@ -159,3 +159,15 @@ def test_real_motorcycle_dis_and_farneback(shared_dir):
         results[name], _ = benchmark_real.evaluate(method, pair)
     assert results["dis"]["epe"] < 4.0  # about 2.63 px
     assert results["farneback"]["epe"] > results["dis"]["epe"]
+
+
+def test_epe_by_motion_by_hand():
+    truth = np.zeros((1, 4, 2), np.float32)
+    truth[0, :, 0] = [5.0, 15.0, 16.0, 55.0]  # lengths in the 0-10, 10-20, 10-20 and >=50 ranges
+    flow = truth.copy()
+    flow[0, :, 1] = [1.0, 2.0, 4.0, 3.0]  # errors perpendicular to the motion: EPE = these values
+    valid = np.array([[True, True, True, False]])
+    rows = benchmark_real.epe_by_motion(flow, truth, valid)
+    assert rows == [{"range": "0-10", "pixels": 1, "epe": 1.0}, {"range": "10-20", "pixels": 2, "epe": 3.0}]
+    valid[0, 3] = True
+    assert benchmark_real.epe_by_motion(flow, truth, valid)[-1] == {"range": ">=50", "pixels": 1, "epe": 3.0}
