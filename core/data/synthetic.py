@@ -462,6 +462,12 @@ def _layer_motion(
     )
 
 
+def _layer_count(rng: np.random.Generator, p: SceneParams) -> int:
+    """Number of foreground layers: uniform in ``num_layers``, its upper end scaled down by ``difficulty``."""
+    low, high = p.num_layers
+    return int(rng.integers(low, low + round(p.difficulty * (high - low)) + 1))
+
+
 def _background_frame(
     rng: np.random.Generator, height: int, width: int, p: SceneParams
 ) -> tuple[int, np.ndarray, np.ndarray]:
@@ -481,8 +487,7 @@ def _background_frame(
 
 def _sample_scene(rng: np.random.Generator, height: int, width: int, p: SceneParams) -> list[_Layer]:
     """Background + foreground layers in painter's order (far to near), each with texture, placement, motion."""
-    low, high = p.num_layers
-    count = int(rng.integers(low, low + round(p.difficulty * (high - low)) + 1))
+    count = _layer_count(rng, p)
     depths, slack = _layer_depths(rng, count, p)
     margin, background_placement, camera = _background_frame(rng, height, width, p)
     image_centre = ((width - 1) / 2.0, (height - 1) / 2.0)
@@ -718,8 +723,7 @@ def _standing_object(
 def _sample_ground_scene(rng: np.random.Generator, height: int, width: int, p: SceneParams) -> list[_Layer]:
     """A ground plane under a sky plus standing objects, far to near (the monocular depth cues of the module
     docstring); camera and object motions as in :func:`_sample_scene`."""
-    low, high = p.num_layers
-    count = int(rng.integers(low, low + round(p.difficulty * (high - low)) + 1))
+    count = _layer_count(rng, p)
     margin, background_placement, camera = _background_frame(rng, height, width, p)
     ground = _ground_camera(rng, height, width, p)
     haze, zenith = _sky_and_haze(rng)
