@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from core.data.formats import read_image, write_flo, write_image
 from core.inference import (
-    DEFAULT_CHECKPOINT, FlowEstimator, MissingCheckpointError, forward_interpolate, to_image_tensor,
+    DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, FlowEstimator, MissingCheckpointError, forward_interpolate,
+    to_image_tensor,
 )
 from core.model.checkpoint import CheckpointError
 from core.utils.flow_viz import depth_to_color, flow_to_color
@@ -291,7 +292,7 @@ def build_estimator(args: argparse.Namespace) -> tuple[FlowEstimator, str]:
             raise DemoError("--random-init and --ckpt exclude each other")
         config = args.config or REPO / "configs" / "synthetic.yaml"
         return FlowEstimator.from_random_init(config, **options), f"random weights ({config})"
-    checkpoint = Path(args.ckpt) if args.ckpt else REPO / DEFAULT_CHECKPOINT
+    checkpoint = Path(args.ckpt) if args.ckpt else DEFAULT_CHECKPOINT_PATH
     estimator = FlowEstimator.from_checkpoint(checkpoint, config=args.config, **options)
     return estimator, str(checkpoint)
 

@@ -49,7 +49,9 @@ from tqdm import tqdm
 from core.data.datasets import MpiSintel
 from core.data.formats import write_flo, write_kitti_flow
 from core.data.loader import build_test_dataset, build_val_dataset, is_depth_set
-from core.inference import DEFAULT_CHECKPOINT, REPO_ROOT, FlowEstimator, MissingCheckpointError, forward_interpolate
+from core.inference import (
+    DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, FlowEstimator, MissingCheckpointError, forward_interpolate,
+)
 from core.metrics import DepthMetricAccumulator, FlowMetricAccumulator, disparity_to_depth
 from core.model.checkpoint import CheckpointError
 
@@ -255,8 +257,8 @@ def build_estimator(args: argparse.Namespace, pad_mode: str) -> FlowEstimator:
         if args.ckpt is not None:
             raise ValueError("--random-init and --ckpt exclude each other")
         return FlowEstimator.from_random_init(args.config, opts=args.opts, **options)
-    checkpoint = args.ckpt or REPO_ROOT / DEFAULT_CHECKPOINT
-    return FlowEstimator.from_checkpoint(checkpoint, config=args.config, opts=args.opts, **options)
+    return FlowEstimator.from_checkpoint(args.ckpt or DEFAULT_CHECKPOINT_PATH, config=args.config, opts=args.opts,
+                                         **options)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = estimator.cfg
     report: dict[str, Any] = {
-        "checkpoint": None if args.random_init else str(args.ckpt or REPO_ROOT / DEFAULT_CHECKPOINT),
+        "checkpoint": None if args.random_init else str(args.ckpt or DEFAULT_CHECKPOINT_PATH),
         "config": args.config,
         "options": {**estimator.describe(), "max_samples": args.max_samples, "overrides": list(args.opts)},
     }

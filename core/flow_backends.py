@@ -23,7 +23,6 @@ import numpy as np
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 BACKENDS = ("protoformer", "dis", "farneback")
-REPO = Path(__file__).resolve().parents[1]
 FARNEBACK_PARAMS = dict(pyr_scale=0.5, levels=5, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 
 
@@ -57,9 +56,9 @@ def _farneback_backend() -> FlowFn:
 
 
 def _protoformer_backend(ckpt: str | Path | None, config: str | Path | None, device: str | None) -> FlowFn:
-    from core.inference import DEFAULT_CHECKPOINT, FlowEstimator
+    from core.inference import DEFAULT_CHECKPOINT_PATH, FlowEstimator
 
-    checkpoint = Path(ckpt) if ckpt is not None else REPO / DEFAULT_CHECKPOINT
+    checkpoint = Path(ckpt) if ckpt is not None else DEFAULT_CHECKPOINT_PATH
     estimator = FlowEstimator.from_checkpoint(checkpoint, config=config, device=device)
     return estimator.predict
 

@@ -33,8 +33,8 @@ from core.model.checkpoint import CheckpointError, load_weights, read_checkpoint
 from core.tiling import TileGrid, run_tiled
 from core.utils.padder import InputPadder
 
-DEFAULT_CHECKPOINT = Path("checkpoints/protoformer-s-synthetic.pth")  # inside the repository (REPO_ROOT)
-REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINT = Path("checkpoints/protoformer-s-synthetic.pth")  # relative to the repository root
+DEFAULT_CHECKPOINT_PATH = Path(__file__).resolve().parents[1] / DEFAULT_CHECKPOINT  # the same file, from anywhere
 TRAIN_COMMANDS = (
     "python train.py --config configs/synthetic.yaml --work-dir runs/synthetic",
     f"python train.py --work-dir runs/synthetic --export {DEFAULT_CHECKPOINT}",
@@ -263,7 +263,7 @@ class FlowEstimator:
             MissingCheckpointError: the file does not exist (the message says how to train one).
             CheckpointError: the file is unreadable or does not fit the network.
         """
-        path = REPO_ROOT / DEFAULT_CHECKPOINT if checkpoint is None else Path(checkpoint)
+        path = DEFAULT_CHECKPOINT_PATH if checkpoint is None else Path(checkpoint)
         if not path.is_file():
             raise MissingCheckpointError(missing_checkpoint_message(path))
         raw = read_checkpoint(path)

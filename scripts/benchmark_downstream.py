@@ -54,7 +54,7 @@ if str(REPO) not in sys.path:
 from core.data.synthetic import render_pair  # noqa: E402
 from core.utils.atomic import atomic_write_text  # noqa: E402
 from core.flow_backends import BACKENDS, make_flow_backend  # noqa: E402
-from core.inference import DEFAULT_CHECKPOINT  # noqa: E402
+from core.inference import DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH  # noqa: E402
 from core.video import open_frames  # noqa: E402
 from scripts.stabilize import (  # noqa: E402
     FeatureMotion,
@@ -528,7 +528,7 @@ def build_backends(names: list[str], ckpt: Path | None, max_side: int | None) ->
     backends, notes = {}, []
     for name in names:
         if name == "protoformer":
-            checkpoint = ckpt or REPO / DEFAULT_CHECKPOINT
+            checkpoint = ckpt or DEFAULT_CHECKPOINT_PATH
             if not checkpoint.is_file():
                 notes.append(f"protoformer skipped: no checkpoint at {checkpoint} (train one with "
                              f"'python train.py --config configs/synthetic.yaml' or pass --ckpt)")

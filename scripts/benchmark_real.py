@@ -45,7 +45,9 @@ if str(REPO) not in sys.path:
 
 from core.data.formats import read_flo, read_image, read_mask, write_image  # noqa: E402
 from core.flow_backends import FlowFn, make_flow_backend  # noqa: E402
-from core.inference import DEFAULT_CHECKPOINT, FlowEstimator, MissingCheckpointError  # noqa: E402
+from core.inference import (  # noqa: E402
+    DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, FlowEstimator, MissingCheckpointError,
+)
 from core.metrics import flow_metrics  # noqa: E402
 from core.model.checkpoint import CheckpointError  # noqa: E402
 from core.utils.atomic import atomic_write_text  # noqa: E402
@@ -261,7 +263,7 @@ def visual_previews(data: Path, folder: Path, ours: Method, dis: Method) -> dict
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", type=Path, default=REPO / DEFAULT_CHECKPOINT,
+    parser.add_argument("--ckpt", type=Path, default=DEFAULT_CHECKPOINT_PATH,
                         help=f"ProtoFormer checkpoint (default: {DEFAULT_CHECKPOINT} in the repository)")
     parser.add_argument("--config", type=Path, help="its config (default: the one stored with the checkpoint)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
