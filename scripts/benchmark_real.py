@@ -18,8 +18,10 @@ flow, shows where chance lies (its EPE is the mean true motion).
 
 Outputs: a Markdown table on stdout (ready for the README), ``--out`` (JSON with every number and the settings),
 and with ``--previews DIR`` small PNGs for visual checks: ``motorcycle.png`` (image | GT | ours | DIS, one colour
-scale: the largest valid GT motion) and ``rubberwhale.png``, ``basketball.png`` (image | ours | DIS, one colour
-scale per pair: the 99th percentile of the DIS motion), where ours is the first ``--scale``.
+scale: the largest valid GT motion), ``rubberwhale.png``, ``basketball.png`` and, from the clips in ``DIR/videos``,
+``video_vtest.png``, ``video_megamind.png``, ``video_tree.png`` (image | ours | DIS, one colour scale per pair: the
+99th percentile of the DIS motion; the frames used are in :data:`VIDEO_PAIRS`), where ours is the first ``--scale``.
+A missing folder or clip only skips its preview, with a warning.
 """
 
 from __future__ import annotations
@@ -52,12 +54,16 @@ from core.metrics import flow_metrics  # noqa: E402
 from core.model.checkpoint import CheckpointError  # noqa: E402
 from core.utils.atomic import atomic_write_text  # noqa: E402
 from core.utils.flow_viz import flow_to_color  # noqa: E402
+from core.video import VideoError, open_frames  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "realdata"
 DEFAULT_OUT = REPO / "runs" / "benchmark_real" / "results.json"
 STEREO_PAIR = "motorcycle"
 STEREO_FILES = ("im0.png", "im1.png", "flow_gt.flo", "valid.png")
 VISUAL_PAIRS = ("rubberwhale", "basketball")  # folders with frame1.png, frame2.png and no ground truth
+# preview name -> (clip under DATA/videos, first frame, second frame), 0-based; pairs chosen for visible motion:
+# walkers in a still scene, an animated character, a hand passing fast in front of a tree
+VIDEO_PAIRS = {"vtest": ("vtest.avi", 200, 202), "megamind": ("megamind.avi", 30, 31), "tree": ("tree.avi", 60, 61)}
 REPORTED_METRICS = ("epe", "1px", "3px", "fl_all")
 PREVIEW_TILE_WIDTH = 200  # px, width of each panel of a preview image
 VISUAL_RADIUS_PERCENTILE = 99.0  # colour scale of the pairs without ground truth
@@ -124,6 +130,26 @@ def load_visual_pair(data: Path, name: str) -> tuple[np.ndarray, np.ndarray] | N
     if image1.shape != image2.shape:
         raise ValueError(f"{folder}: frame1.png is {image1.shape[:2]}, frame2.png is {image2.shape[:2]}")
     return image1, image2
+
+
+def load_video_pair(data: Path, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two frames of :data:`VIDEO_PAIRS` ``[name]`` as uint8 RGB, or None (with a warning) if the clip is absent.
+
+    Raises:
+        VideoError: the clip does not decode or ends before the second frame.
+    """
+    clip, first, second = VIDEO_PAIRS[name]
+    path = data / "videos" / clip
+    if not path.is_file():
+        logger.warning(f"no preview of {name}: {path} is missing")
+        return None
+    frames = {}
+    for index, frame in enumerate(open_frames(path, max_frames=max(second + 1, 2))):
+        if index in (first, second):
+            frames[index] = frame
+    if second not in frames:
+        raise VideoError(f"{path}: ends before frame {second}, which the {name} preview needs")
+    return frames[first], frames[second]
 
 
 # ----------------------------------------------------------------------------------------------- methods
@@ -246,15 +272,17 @@ def write_preview(path: Path, image: np.ndarray, flows: dict[str, np.ndarray], m
 def visual_previews(data: Path, folder: Path, ours: Method, dis: Method) -> dict[str, dict[str, float]]:
     """Previews of the pairs without ground truth; returns the runtimes (s) of ours and DIS on them."""
     runtimes = {}
-    for name in VISUAL_PAIRS:
-        frames = load_visual_pair(data, name)
+    sources = [(name, name, load_visual_pair) for name in VISUAL_PAIRS]
+    sources += [(f"video_{name}", name, load_video_pair) for name in VIDEO_PAIRS]
+    for preview, name, load in sources:
+        frames = load(data, name)
         if frames is None:
             continue
         flow_ours, seconds_ours = timed_flow(ours.flow_fn, *frames)
         flow_dis, seconds_dis = timed_flow(dis.flow_fn, *frames)
         radius = float(np.percentile(np.linalg.norm(flow_dis, axis=2), VISUAL_RADIUS_PERCENTILE))
-        write_preview(folder / f"{name}.png", frames[0], {"ours": flow_ours, "DIS": flow_dis}, max(radius, 1.0))
-        runtimes[name] = {"ours_seconds": seconds_ours, "dis_seconds": seconds_dis, "max_radius": radius}
+        write_preview(folder / f"{preview}.png", frames[0], {"ours": flow_ours, "DIS": flow_dis}, max(radius, 1.0))
+        runtimes[preview] = {"ours_seconds": seconds_ours, "dis_seconds": seconds_dis, "max_radius": radius}
     return runtimes
 
 
@@ -317,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         result = run(args)
-    except (MissingCheckpointError, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (MissingCheckpointError, CheckpointError, FileNotFoundError, ValueError) as err:  # VideoError is one
         logger.error(str(err))
         return 2
     sys.stdout.write(result["markdown"])  # the product of the script, for pasting into the README

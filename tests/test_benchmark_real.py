@@ -109,7 +109,44 @@ def test_generated_pair_metrics_json_and_previews(tmp_path, ckpt, stereo, messag
     preview = formats.read_image(previews / "motorcycle.png")
     assert preview.shape[1] == 4 * benchmark_real.PREVIEW_TILE_WIDTH
     assert any("no preview of rubberwhale" in line for line in messages)
+    assert any("no preview of vtest" in line and "vtest.avi is missing" in line for line in messages)
     assert result["previews"]["motorcycle_max_radius"] == pytest.approx(DISPARITY)
+
+
+def _write_clip(path: Path, count: int) -> None:
+    """A grey clip whose frame i is uniformly 20 * i (MJPG keeps a flat frame within a few levels)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (48, 32))
+    for index in range(count):
+        writer.write(np.full((32, 48, 3), 20 * index, np.uint8))
+    writer.release()
+
+
+def test_video_previews_use_the_listed_frames(tmp_path, monkeypatch, messages):
+    data = tmp_path / "realdata"
+    _write_clip(data / "videos" / "clip.avi", 8)
+    monkeypatch.setattr(benchmark_real, "VIDEO_PAIRS", {"clip": ("clip.avi", 3, 5), "gone": ("gone.avi", 0, 1)})
+    first, second = benchmark_real.load_video_pair(data, "clip")
+    assert first.shape == (32, 48, 3) and abs(float(first.mean()) - 60) < 3 and abs(float(second.mean()) - 100) < 3
+
+    seen = []
+
+    def recording_flow(image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
+        seen.append((round(float(image1.mean())), round(float(image2.mean()))))
+        return np.zeros((*image1.shape[:2], 2), np.float32)
+
+    method = benchmark_real.Method("stand-in", recording_flow, {})
+    (tmp_path / "previews").mkdir()
+    runtimes = benchmark_real.visual_previews(data, tmp_path / "previews", method, method)
+    assert sorted(runtimes) == ["video_clip"] and len(seen) == 2 and abs(seen[0][0] - 60) <= 3
+    preview = formats.read_image(tmp_path / "previews" / "video_clip.png")
+    assert preview.shape[1] == 3 * benchmark_real.PREVIEW_TILE_WIDTH  # image | ours | DIS
+    assert any("no preview of gone" in line for line in messages)
+    assert any("no preview of rubberwhale" in line for line in messages)
+
+    monkeypatch.setattr(benchmark_real, "VIDEO_PAIRS", {"clip": ("clip.avi", 6, 9)})
+    with pytest.raises(ValueError, match=r"clip\.avi: ends before frame 9"):
+        benchmark_real.load_video_pair(data, "clip")
 
 
 def test_scaled_flow_is_resized_and_rescaled():
