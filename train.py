@@ -4,6 +4,7 @@
     torchrun --nproc_per_node=4 train.py --config configs/sintel.yaml --work-dir runs/sintel
     python train.py --work-dir runs/sintel --resume                 # continue where the run stopped
     python train.py --work-dir runs/sintel --export sintel.pth      # weights-only file of best.pth (or latest.pth)
+    python train.py --work-dir runs/sintel --export sintel.pth --average 6   # ... of the mean of the last 6 step_*.pth
 
 The recipe is RAFT's, every number from the config: sequence loss ``sum_i gamma^(N-i-1) |f_i - f_gt|`` without the
 pixels whose ground truth exceeds ``train.max_flow`` (:mod:`core.losses`; SILog for the depth head, both summed
@@ -636,8 +637,28 @@ def evaluate(model: nn.Module, dataset: Dataset, name: str, cfg: CfgNode, precis
 
 
 # ----------------------------------------------------------------------------------------------- export
-def export_weights(work_dir: Path, output: Path, half: bool = False, opts: Sequence[str] = ()) -> Path:
+def average_weights(paths: Sequence[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the model weights of the training checkpoints ``paths`` (computed in float64, stored
+    in each tensor's own dtype; integer tensors such as counters are taken from the last checkpoint).
+
+    Averaging the checkpoints of the end of an annealed schedule (one trajectory, as in stochastic weight averaging)
+    smooths the step-to-step noise of the weights.
+    """
+    models = [read_checkpoint(path)["model"] for path in paths]
+    keys = set(models[-1])
+    for path, model in zip(paths, models):
+        if set(model) != keys:
+            raise ValueError(f"--average: {path} holds other weights than {paths[-1]} (a different model)")
+    return {key: (sum(model[key].double() for model in models) / len(models)).to(value.dtype)
+            if value.is_floating_point() else value for key, value in models[-1].items()}
+
+
+def export_weights(work_dir: Path, output: Path, half: bool = False, opts: Sequence[str] = (),
+                   average: int | None = None) -> Path:
     """Write the weights of ``best.pth`` (else ``latest.pth``) as a release file; returns the source checkpoint.
+
+    With ``average`` = N the weights are instead the mean of the last N ``step_*.pth`` (:func:`average_weights`; the
+    config is the newest one's, which is the returned source); the run must have kept them (``train.keep_last``).
 
     ``opts`` (``KEY VALUE`` pairs) change the stored config, e.g. ``model.iters 12`` to make inference run more
     refinement iterations than training did; they are checked like any override.
@@ -648,7 +669,14 @@ def export_weights(work_dir: Path, output: Path, half: bool = False, opts: Seque
     tensors as float16 (half the size; the loader casts them back).
     """
     store = CheckpointStore(Path(work_dir) / "checkpoints", keep_last=0)
-    source = store.best if store.best.exists() else store.latest
+    if average is not None:
+        sources = store.step_files()[-average:]
+        if len(sources) < average:
+            raise FileNotFoundError(f"--average {average}: {store.folder} holds {len(sources)} step_*.pth "
+                                    "(train.keep_last must keep at least that many)")
+        source = sources[-1]
+    else:
+        source = store.best if store.best.exists() else store.latest
     if not source.exists():
         raise FileNotFoundError(f"--export: no checkpoint in {store.folder} (neither best.pth nor latest.pth)")
     checkpoint = read_checkpoint(source)
@@ -658,11 +686,12 @@ def export_weights(work_dir: Path, output: Path, half: bool = False, opts: Seque
     if opts:
         config = with_overrides(config_from_text(config, source=f"the config stored in {source}"), opts).dump()
         logger.info(f"stored config changed by {' '.join(map(str, opts))}")
-    model = {key: value.half() if half and value.is_floating_point() else value
-             for key, value in checkpoint["model"].items()}
+    weights = checkpoint["model"] if average is None else average_weights(sources)
+    model = {key: value.half() if half and value.is_floating_point() else value for key, value in weights.items()}
     atomic_save({"format": WEIGHTS_FORMAT, "model": model, "config": config}, output)
     atomic_write_text(output.with_suffix(".yaml"), config)
-    logger.info(f"exported the weights of {source} (step {checkpoint['step']}) to {output}"
+    what = source if average is None else f"the mean of {', '.join(path.name for path in sources)}"
+    logger.info(f"exported the weights of {what} (step {checkpoint['step']}) to {output}"
                 + (" in float16" if half else "") + f", its config to {output.with_suffix('.yaml')}")
     return source
 
@@ -680,6 +709,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--export", type=Path, metavar="OUT", help="write a weights-only file of best.pth (else "
                         "latest.pth) for release and exit")
     parser.add_argument("--fp16", action="store_true", help="with --export: store the weights as float16")
+    parser.add_argument("--average", type=int, metavar="N", help="with --export: the mean of the weights of the last N "
+                        "step_*.pth instead of best.pth")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume)")
     parser.add_argument("--stop-at", type=int, metavar="STEP", help="pause with a checkpoint at this step (the "
@@ -690,6 +721,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--config is required (except with --resume or --export)")
     if args.fp16 and not args.export:
         parser.error("--fp16 only applies to --export")
+    if args.average is not None and (not args.export or args.average < 1):
+        parser.error(f"--average N (N >= 1) only applies to --export, got {args.average}")
     if args.export and (args.config or args.resume or args.stop_at):
         parser.error("--export writes the checkpoint's own config: --config, --resume and --stop-at do not apply "
                      "(change stored values with KEY VALUE overrides, e.g. model.iters 12)")
@@ -706,7 +739,7 @@ def _load_run_config(args: argparse.Namespace) -> CfgNode:
 def run(args: argparse.Namespace) -> None:
     """Export, or train one stage in this process (joining torchrun's process group if there is one)."""
     if args.export:
-        export_weights(args.work_dir, args.export, half=args.fp16, opts=args.opts)
+        export_weights(args.work_dir, args.export, half=args.fp16, opts=args.opts, average=args.average)
         return
     cfg = _load_run_config(args)
     configure_determinism(args.deterministic)

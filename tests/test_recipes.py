@@ -44,18 +44,23 @@ def test_train_standard_chains_the_stages_and_resumes_where_it_stopped(tmp_path)
                                                                         (False, True), (False, True)]
 
 
-def test_train_cpu_default_runs_four_stages_then_exports(tmp_path):
+def test_train_cpu_default_runs_five_stages_then_exports(tmp_path):
     work = tmp_path / "work"
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work))
     configs = [c.split("--config ")[1].split()[0] for c in calls if "--config" in c]
     assert configs == ["configs/cpu_default.yaml", "configs/cpu_default_ft.yaml", "configs/cpu_default_ft2.yaml",
-                       "configs/cpu_default_ft3.yaml"]
-    assert "--stop-at 500" in calls[0] and "--stop-at 1400" in calls[2]
-    assert calls[-1] == (f"train.py --work-dir {work}/stage4 --export checkpoints/protoformer-s-synthetic.pth "
-                         "--fp16 model.iters 12")
+                       "configs/cpu_default_ft3.yaml", "configs/cpu_default_ft4.yaml"]
+    assert calls[0] == f"train.py --config configs/cpu_default.yaml --work-dir {work}/stage1 --stop-at 500"
+    assert "--stop-at 1400" in calls[2] and all("--stop-at" not in c for c in calls[3:])
+    for index in range(1, 5):
+        assert calls[index].endswith(f"--work-dir {work}/stage{index + 1}" + (" --stop-at 1400" if index == 2 else "")
+                                     + f" train.restore_ckpt {work}/stage{index}/checkpoints/latest.pth")
+    assert calls[-1] == (f"train.py --work-dir {work}/stage5 --export checkpoints/protoformer-s-synthetic.pth "
+                         "--fp16 --average 7 model.iters 12")
 
     (tmp_path / "calls.txt").unlink()
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=("stage1", "stage2", "stage3"))
     assert calls[0] == f"train.py --work-dir {work}/stage1 --resume --stop-at 500"
     assert calls[2] == f"train.py --work-dir {work}/stage3 --resume --stop-at 1400"
     assert "--config configs/cpu_default_ft3.yaml" in calls[3] and "stage3/checkpoints/latest.pth" in calls[3]
+    assert "--config configs/cpu_default_ft4.yaml" in calls[4] and "stage4/checkpoints/latest.pth" in calls[4]

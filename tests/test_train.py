@@ -377,3 +377,28 @@ def test_validation_logging_best_checkpoint_and_export(tmp_path):
     assert not (tmp_path / "bad.pth").exists()
     with pytest.raises(SystemExit):
         train.parse_args(["--work-dir", str(tmp_path), "--export", str(out), "--config", "configs/synthetic.yaml"])
+
+
+def test_export_average_is_the_mean_of_the_last_step_checkpoints(tmp_path, capfd):
+    cfg = tiny_config()
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    reference = build_model(cfg).state_dict()
+    for step in (1, 2, 3):  # every float weight of step s is s; integer buffers are kept from the newest file
+        model = {key: torch.full_like(value, step) for key, value in reference.items()}
+        torch.save({"format": train.CHECKPOINT_FORMAT, "model": model, "step": step,
+                    "config": cfg.dump()}, folder / f"step_{step:07d}.pth")
+    out = tmp_path / "averaged.pth"
+    assert train.main(["--work-dir", str(tmp_path), "--export", str(out), "--average", "2"]) == 0
+    release = torch.load(out, weights_only=True)
+    assert release["format"] == WEIGHTS_FORMAT and set(release["model"]) == set(reference)
+    for key, value in release["model"].items():
+        assert value.dtype == reference[key].dtype
+        torch.testing.assert_close(value, torch.full_like(value, 2.5 if value.is_floating_point() else 3))
+    assert "step_0000002.pth, step_0000003.pth" in capfd.readouterr().err
+
+    assert train.main(["--work-dir", str(tmp_path), "--export", str(tmp_path / "four.pth"), "--average", "4"]) == 2
+    assert "holds 3 step_*.pth" in capfd.readouterr().err and not (tmp_path / "four.pth").exists()
+    for argv in (["--average", "2"], ["--export", str(out), "--average", "0"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--work-dir", str(tmp_path), *argv])
