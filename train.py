@@ -227,6 +227,19 @@ class CheckpointStore:
         temporary.replace(target)
 
 
+def read_training_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by :class:`CheckpointStore` (read with ``weights_only=True``).
+
+    Raises:
+        ValueError: the file is another kind of checkpoint (e.g. a weights-only release file).
+    """
+    checkpoint = read_checkpoint(path)
+    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a training checkpoint of this project (format "
+                         f"{checkpoint.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+    return checkpoint
+
+
 def check_resumable(cfg: CfgNode, saved_text: str, path: Path) -> None:
     """Raise ValueError if ``cfg`` changes the training trajectory of the checkpoint's config."""
     saved = flatten_config(CfgNode.load_cfg(saved_text))
@@ -330,10 +343,7 @@ class Trainer:
             return None
         if not self.store.latest.exists():
             raise FileNotFoundError(f"--resume: no checkpoint to resume from in {self.store.folder} (latest.pth missing)")
-        checkpoint = read_checkpoint(self.store.latest)
-        if checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{self.store.latest} is not a training checkpoint of this project (format "
-                             f"{checkpoint.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
+        checkpoint = read_training_checkpoint(self.store.latest)
         check_resumable(self.cfg, checkpoint["config"], self.store.latest)
         return checkpoint
 
@@ -637,14 +647,16 @@ def evaluate(model: nn.Module, dataset: Dataset, name: str, cfg: CfgNode, precis
 
 
 # ----------------------------------------------------------------------------------------------- export
-def average_weights(paths: Sequence[Path]) -> dict[str, torch.Tensor]:
-    """The element-wise mean of the model weights of the training checkpoints ``paths`` (computed in float64, stored
-    in each tensor's own dtype; integer tensors such as counters are taken from the last checkpoint).
+def average_weights(checkpoints: Mapping[Path, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of the model weights of the training ``checkpoints`` (path -> checkpoint, oldest first;
+    computed in float64, stored in each tensor's own dtype; integer tensors such as counters are taken from the last
+    checkpoint).
 
     Averaging the checkpoints of the end of an annealed schedule (one trajectory, as in stochastic weight averaging)
     smooths the step-to-step noise of the weights.
     """
-    models = [read_checkpoint(path)["model"] for path in paths]
+    paths = list(checkpoints)
+    models = [checkpoints[path]["model"] for path in paths]
     keys = set(models[-1])
     for path, model in zip(paths, models):
         if set(model) != keys:
@@ -674,19 +686,18 @@ def export_weights(work_dir: Path, output: Path, half: bool = False, opts: Seque
         if len(sources) < average:
             raise FileNotFoundError(f"--average {average}: {store.folder} holds {len(sources)} step_*.pth "
                                     "(train.keep_last must keep at least that many)")
-        source = sources[-1]
     else:
-        source = store.best if store.best.exists() else store.latest
-    if not source.exists():
-        raise FileNotFoundError(f"--export: no checkpoint in {store.folder} (neither best.pth nor latest.pth)")
-    checkpoint = read_checkpoint(source)
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{source} is not a training checkpoint of this project")
+        sources = [store.best if store.best.exists() else store.latest]
+        if not sources[0].exists():
+            raise FileNotFoundError(f"--export: no checkpoint in {store.folder} (neither best.pth nor latest.pth)")
+    checkpoints = {path: read_training_checkpoint(path) for path in sources}  # each file read once
+    source = sources[-1]
+    checkpoint = checkpoints[source]
     config = checkpoint["config"]
     if opts:
         config = with_overrides(config_from_text(config, source=f"the config stored in {source}"), opts).dump()
         logger.info(f"stored config changed by {' '.join(map(str, opts))}")
-    weights = checkpoint["model"] if average is None else average_weights(sources)
+    weights = checkpoint["model"] if average is None else average_weights(checkpoints)
     model = {key: value.half() if half and value.is_floating_point() else value for key, value in weights.items()}
     atomic_save({"format": WEIGHTS_FORMAT, "model": model, "config": config}, output)
     atomic_write_text(output.with_suffix(".yaml"), config)

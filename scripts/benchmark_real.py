@@ -54,7 +54,7 @@ from core.metrics import flow_metrics  # noqa: E402
 from core.model.checkpoint import CheckpointError  # noqa: E402
 from core.utils.atomic import atomic_write_text  # noqa: E402
 from core.utils.flow_viz import flow_to_color  # noqa: E402
-from core.video import VideoError, open_frames  # noqa: E402
+from core.video import MIN_FRAMES, VideoError, open_frames  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "realdata"
 DEFAULT_OUT = REPO / "runs" / "benchmark_real" / "results.json"
@@ -144,7 +144,7 @@ def load_video_pair(data: Path, name: str) -> tuple[np.ndarray, np.ndarray] | No
         logger.warning(f"no preview of {name}: {path} is missing")
         return None
     frames = {}
-    for index, frame in enumerate(open_frames(path, max_frames=max(second + 1, 2))):
+    for index, frame in enumerate(open_frames(path, max_frames=max(second + 1, MIN_FRAMES))):
         if index in (first, second):
             frames[index] = frame
     if second not in frames:

@@ -88,7 +88,8 @@ def to_csv(points: list[Point], metrics: list[str], labels: list[str]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["stage", "step", "total_step", "minutes", *metrics])
     for p in points:
-        writer.writerow([labels[p.stage - 1], p.step, p.total_step, f"{p.minutes:.1f}", *(f"{p.values[m]:.4g}" for m in metrics)])
+        writer.writerow([labels[p.stage - 1], p.step, p.total_step, f"{p.minutes:.1f}",
+                         *(f"{p.values[m]:.4g}" for m in metrics)])
     return buffer.getvalue()
 
 
