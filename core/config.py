@@ -74,6 +74,7 @@ _C.synthetic.texture_dir = ""  # optional folder of images to use as textures
 _C.synthetic.texture_image_prob = 0.5  # with texture_dir: share of layers textured by an image
 _C.synthetic.difficulty = 1.0  # 0..1: upper bound of layer count, motion ranges, thin structures, holes
 _C.synthetic.photometric = 0.0  # 0..1: strength of motion blur, noise and brightness change (GT stays exact)
+_C.synthetic.dead_leaves = 0.0  # 0..1: share of procedural patterns drawn as dead leaves (sharp edges, all scales)
 # Monocular depth cues (depth stages): a ground plane in perspective under a sky, objects standing on it with a size
 # and texture detail set by their depth, haze. False = the layered scenes, whose depths no single image tells.
 _C.synthetic.depth_cues = False

@@ -17,6 +17,7 @@ import torch
 
 from core.config import get_cfg_defaults
 from core.data.datasets import META_KEYS
+from core.data import synthetic
 from core.data.synthetic import STREAMS, SyntheticFlowDataset, render_pair
 from core.utils.geometry import backward_warp
 
@@ -279,6 +280,38 @@ def test_image_textures_keep_the_warp_exact(tmp_path):
     sample = render_pair(0, 0, SIZE, texture_paths=[str(path)], texture_image_prob=1.0)
     assert _warp_check_passes(sample, sample["flow"])
     assert not _warp_check_passes(sample, sample["flow"] + np.float32([3.0, 0.0]))
+
+
+def test_dead_leaves_pattern_is_opaque_shapes_of_many_sizes():
+    field = synthetic._dead_leaves(np.random.default_rng(0), 120, 160)
+    assert field.shape == (120, 160) and field.dtype == np.float32 and 0.0 <= field.min() <= field.max() <= 1.0
+    assert 0.6 < (field[:, 1:] == field[:, :-1]).mean() < 0.98, "flat leaves separated by sharp edges"
+    levels = np.unique(field)
+    assert levels.size > 50
+    areas = np.concatenate([
+        cv2.connectedComponentsWithStats((field == level).astype(np.uint8), connectivity=4)[2][1:, cv2.CC_STAT_AREA]
+        for level in levels])
+    assert (areas < 30).sum() > 20 and areas.max() > 500, "small leaves and large ones"
+
+
+def test_dead_leaves_textures_keep_the_warp_exact():
+    for index in range(2):
+        sample = render_pair(0, index, SIZE, dead_leaves=1.0)
+        assert _warp_check_passes(sample, sample["flow"])
+        assert not _warp_check_passes(sample, sample["flow"] + np.float32([3.0, 0.0]))
+
+
+def test_dead_leaves_are_drawn_only_when_asked(monkeypatch):
+    calls = []
+    draw = synthetic._dead_leaves
+    monkeypatch.setattr(synthetic, "_dead_leaves", lambda *args: calls.append(args[1:]) or draw(*args))
+    plain = render_pair(0, 0, SIZE)
+    assert not calls and _digest(render_pair(0, 0, SIZE, dead_leaves=0.0)) == _digest(plain)
+    leaves = render_pair(0, 0, SIZE, dead_leaves=1.0)
+    assert calls and not np.array_equal(leaves["image1"], plain["image1"])
+    with pytest.raises(ValueError, match="dead_leaves"):
+        render_pair(0, 0, SIZE, dead_leaves=1.5)
+    assert SyntheticFlowDataset(_cfg(dead_leaves=0.4), "train").params.dead_leaves == 0.4
 
 
 # ------------------------------------------------------------------------------------------- (6) magnitudes

@@ -87,6 +87,9 @@ class SceneParams:
             can be learnt from one image (see the module docstring); False gives the layered scenes.
         texture_paths: image files used as textures (see ``find_texture_images``); empty = procedural only.
         texture_image_prob: probability that a layer uses an image texture when ``texture_paths`` is given.
+        dead_leaves: probability that a procedural pattern is a dead-leaves pattern (opaque shapes of all sizes
+            painted over each other: sharp edges at every scale, as in photographs); 0 leaves the other patterns
+            and their random draws exactly as they are.
     """
 
     max_displacement: float = 64.0
@@ -98,6 +101,7 @@ class SceneParams:
     texture_paths: tuple[str, ...] = field(default=())
     texture_image_prob: float = 0.5
     depth_cues: bool = False
+    dead_leaves: float = 0.0
 
     def __post_init__(self) -> None:
         try:
@@ -114,7 +118,7 @@ class SceneParams:
         low, high = self.num_layers if len(self.num_layers) == 2 else (-1, -1)
         if not 0 <= low <= high <= 254:
             raise ValueError(f"num_layers must be (min, max) with 0 <= min <= max <= 254, got {self.num_layers}")
-        for name in ("difficulty", "photometric", "texture_image_prob"):
+        for name in ("difficulty", "photometric", "texture_image_prob", "dead_leaves"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if len(self.depth_range) != 2 or not 0 < self.depth_range[0] < self.depth_range[1]:
@@ -287,8 +291,53 @@ def _sharpen(wave: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(wave * (0.5 * gain) + 0.5, 0.0, 1.0)
 
 
-def _scalar_field(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """One procedural pattern [H, W] float32 in [0, 1]: fractal noise, stripes, checkers, gradient or patches."""
+DEAD_LEAVES_MIN_RADIUS = 3.0  # px, smallest leaf (texture blur and resampling would wash out smaller ones)
+DEAD_LEAVES_COVERAGE = 2.5  # expected number of leaves over each pixel (so that little of the first level shows)
+DEAD_LEAVES_MAX_COUNT = 4000  # bound on the leaves of one pattern (rendering time)
+
+
+def _dead_leaves(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Dead-leaves pattern [H, W] float32 in [0, 1] (Lee, Mumford and Huang, 2001).
+
+    Opaque discs, rotated ellipses and rotated rectangles of uniform random grey levels are painted over each other,
+    later ones on top. Their radii follow the scale-invariant density ``p(r) ~ r^-3`` between
+    ``DEAD_LEAVES_MIN_RADIUS`` and a third of the pattern's longer side, so the pattern has occluding edges and
+    corners at every scale and a power-law spectrum, like photographs of cluttered scenes. Edges are drawn aliased;
+    the texture blur of :func:`_texture` band-limits them.
+    """
+    r_min, r_max = DEAD_LEAVES_MIN_RADIUS, max(DEAD_LEAVES_MIN_RADIUS + 1.0, max(height, width) / 3.0)
+    mean_area = 2.0 * math.pi * r_min**2 * math.log(r_max / r_min)  # E[pi r^2] under p(r) ~ r^-3 (r_max >> r_min)
+    count = int(min(DEAD_LEAVES_MAX_COUNT, math.ceil(DEAD_LEAVES_COVERAGE * height * width / mean_area)))
+    radii = (r_min**-2 - rng.random(count) * (r_min**-2 - r_max**-2)) ** -0.5  # inverse CDF of p(r) ~ r^-3
+    centres = rng.uniform((-0.1 * width, -0.1 * height), (1.1 * width, 1.1 * height), (count, 2))
+    minor = radii * rng.uniform(0.3, 1.0, count)
+    angles = rng.uniform(0.0, math.pi, count)
+    kinds = rng.choice(3, count, p=[0.4, 0.2, 0.4])  # disc, ellipse, rectangle
+    levels = rng.integers(0, 256, count).tolist()
+    cos, sin = np.cos(angles), np.sin(angles)
+    half_axes = np.stack([radii, minor], axis=1)[:, None, :] * np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]])
+    corners = centres[:, None, :] + np.stack([half_axes[..., 0] * cos[:, None] - half_axes[..., 1] * sin[:, None],
+                                              half_axes[..., 0] * sin[:, None] + half_axes[..., 1] * cos[:, None]], -1)
+    corners = np.round(corners).astype(np.int32)
+    centre_px = np.round(centres).astype(int).tolist()
+    axes_px = np.maximum(1, np.round(np.stack([radii, minor], axis=1))).astype(int).tolist()
+    degrees = np.degrees(angles).tolist()
+    canvas = np.full((height, width), rng.integers(0, 256), np.uint8)
+    for i, kind in enumerate(kinds.tolist()):
+        if kind == 0:
+            cv2.circle(canvas, centre_px[i], axes_px[i][0], levels[i], -1)
+        elif kind == 1:
+            cv2.ellipse(canvas, centre_px[i], axes_px[i], degrees[i], 0.0, 360.0, levels[i], -1)
+        else:
+            cv2.fillConvexPoly(canvas, corners[i], levels[i])
+    return canvas.astype(np.float32) / 255.0
+
+
+def _scalar_field(rng: np.random.Generator, height: int, width: int, dead_leaves: float = 0.0) -> np.ndarray:
+    """One procedural pattern [H, W] float32 in [0, 1]: with probability ``dead_leaves`` a dead-leaves pattern,
+    else fractal noise, stripes, checkers, gradient or patches."""
+    if dead_leaves > 0.0 and rng.random() < dead_leaves:
+        return _dead_leaves(rng, height, width)
     kind = rng.choice(5, p=[0.4, 0.15, 0.1, 0.15, 0.2])
     if kind == 0:
         return _fractal_noise(rng, height, width)
@@ -313,17 +362,17 @@ def _scalar_field(rng: np.random.Generator, height: int, width: int) -> np.ndarr
     return _sharpen(2.0 * _fractal_noise(rng, height, width) - 1.0, rng).astype(np.float32)  # patches
 
 
-def _colourise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def _colourise(rng: np.random.Generator, height: int, width: int, dead_leaves: float = 0.0) -> np.ndarray:
     """A colour pattern [H, W, 3] float32 in about [0, 255]: a random palette over one field, or a random linear
-    mix of one to three fields."""
+    mix of one to three fields (each a dead-leaves pattern with probability ``dead_leaves``)."""
     if rng.random() < 0.5:
         stops = np.sort(rng.random(rng.integers(2, 6)))
         colours = rng.uniform(0.0, 255.0, (stops.size, 3))
         levels = np.linspace(0.0, 1.0, 256)
         lut = np.stack([np.interp(levels, stops, colours[:, c]) for c in range(3)], axis=1)
-        level = cv2.convertScaleAbs(_scalar_field(rng, height, width), alpha=255.0)
+        level = cv2.convertScaleAbs(_scalar_field(rng, height, width, dead_leaves), alpha=255.0)
         return cv2.LUT(cv2.merge([level] * 3), np.round(lut).astype(np.uint8)[:, None]).astype(np.float32)
-    fields = cv2.merge([_scalar_field(rng, height, width) for _ in range(rng.integers(1, 4))])
+    fields = cv2.merge([_scalar_field(rng, height, width, dead_leaves) for _ in range(rng.integers(1, 4))])
     mixing = rng.normal(0.0, 120.0, (3, fields.shape[-1] if fields.ndim == 3 else 1))
     offset = rng.uniform(40.0, 215.0, (3, 1)) - 0.5 * mixing.sum(axis=1, keepdims=True)
     return cv2.transform(fields.reshape(height, width, -1), np.hstack([mixing, offset]).astype(np.float32))
@@ -354,10 +403,10 @@ def _texture(rng: np.random.Generator, height: int, width: int, p: SceneParams, 
     if p.texture_paths and rng.random() < p.texture_image_prob:
         colour = _image_texture(rng, p.texture_paths[rng.integers(len(p.texture_paths))], rows, cols)
     else:
-        colour = _colourise(rng, rows, cols)
+        colour = _colourise(rng, rows, cols, p.dead_leaves)
         if rng.random() < 0.3:
             blend = _sharpen(2.0 * _fractal_noise(rng, rows, cols) - 1.0, rng)[..., None]
-            colour = blend * colour + (1.0 - blend) * _colourise(rng, rows, cols)
+            colour = blend * colour + (1.0 - blend) * _colourise(rng, rows, cols, p.dead_leaves)
     if (rows, cols) != (height, width):
         colour = cv2.resize(colour, (width, height), interpolation=cv2.INTER_AREA if detail > 1 else cv2.INTER_LINEAR)
     if rng.random() < 0.6:  # fine grain, as in photographs
@@ -1025,6 +1074,7 @@ class SyntheticFlowDataset(Dataset):
             depth_cues=bool(synthetic.depth_cues if depth_cues is None else depth_cues),
             texture_paths=texture_paths,
             texture_image_prob=float(synthetic.texture_image_prob),
+            dead_leaves=float(synthetic.dead_leaves),
         )
 
     def __len__(self) -> int:
