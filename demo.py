@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from core.data.formats import read_image, write_flo, write_image
 from core.inference import (
-    DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, FlowEstimator, MissingCheckpointError, forward_interpolate,
-    to_image_tensor,
+    DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, RANDOM_INIT_HINT, FlowEstimator, MissingCheckpointError,
+    forward_interpolate, to_image_tensor,
 )
 from core.model.checkpoint import CheckpointError
 from core.utils.flow_viz import depth_to_color, flow_to_color
@@ -107,8 +107,9 @@ def _video_frames(path: Path, capture: cv2.VideoCapture) -> Iterator[Frame]:
         capture.release()
 
 
-def open_source(inputs: list[Path]) -> Source:
-    """Interpret ``--input``: image files (a sequence, usually two), one folder of frames, or one video file."""
+def open_source(inputs: list[Path], depth: bool = False) -> Source:
+    """Interpret ``--input``: image files (a sequence, usually two), one folder of frames, or one video file. One
+    image alone is an error unless ``depth`` (depth needs one image, flow two)."""
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
         raise DemoError(f"--input not found: {', '.join(missing)}")
@@ -129,6 +130,9 @@ def open_source(inputs: list[Path]) -> Source:
         return Source("video", inputs[0].stem, _video_frames(inputs[0], capture), fps=fps, length=count or None)
     if any(p.is_dir() for p in inputs):
         raise DemoError("--input takes image files, one folder or one video, not a mix")
+    if len(inputs) == 1 and not depth:
+        raise DemoError(f"--input {inputs[0]}: one image; optical flow needs two (--input FIRST SECOND), a folder of "
+                        "frames or a video (one image is enough with --depth)")
     frames = []
     for path in inputs:
         frame = _read_frame(path)
@@ -335,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         estimator, weights = build_estimator(args)
         if args.depth and not estimator.predicts_depth:
             raise DemoError(f"--depth needs a depth or joint model; {weights} is a '{estimator.cfg.model.type}' model")
-        source = open_source(inputs)
+        source = open_source(inputs, depth=args.depth)
         if args.max_frames is not None:
             source.frames = itertools.islice(source.frames, args.max_frames)
             source.length = min(source.length or args.max_frames, args.max_frames)
@@ -344,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_demo(estimator, source, args.output, save_flo=args.save_flo, depth=args.depth,
                            max_flow=args.max_flow, warm_start=args.warm_start)
     except (DemoError, MissingCheckpointError, CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
-        logger.error(str(err))
+        hint = f"\n  {RANDOM_INIT_HINT}" if isinstance(err, MissingCheckpointError) else ""
+        logger.error(f"{err}{hint}")
         return 2
     if summary.skipped:
         logger.warning(f"skipped {len(summary.skipped)}: {', '.join(summary.skipped)}")

@@ -50,7 +50,8 @@ from core.data.datasets import MpiSintel
 from core.data.formats import write_flo, write_kitti_flow
 from core.data.loader import build_test_dataset, build_val_dataset, is_depth_set
 from core.inference import (
-    DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, FlowEstimator, MissingCheckpointError, forward_interpolate,
+    DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, RANDOM_INIT_HINT, FlowEstimator, MissingCheckpointError,
+    forward_interpolate,
 )
 from core.metrics import DepthMetricAccumulator, FlowMetricAccumulator, disparity_to_depth
 from core.model.checkpoint import CheckpointError
@@ -319,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset is not None:
             check_model_fits(estimator, args.dataset)
     except (MissingCheckpointError, CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
-        logger.error(str(err))
+        hint = f"\n  {RANDOM_INIT_HINT}" if isinstance(err, MissingCheckpointError) else ""
+        logger.error(f"{err}{hint}")
         return 2
     cfg = estimator.cfg
     report: dict[str, Any] = {

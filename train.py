@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -763,19 +764,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     log_file = args.work_dir / "train.log" if rank == 0 and not args.export else None
+    new_work_dir = log_file is not None and not args.work_dir.exists()
     with logging_session(log_file, rank):
         try:
             run(args)
         except USER_ERRORS as err:
             logger.error(f"{type(err).__name__}: {err}")
-            return 2
+            code = 2
         except TrainingDiverged as err:
             logger.error(str(err))
-            return 1
+            code = 1
         except Exception:
             logger.exception("training failed")
-            return 1
-    return 0
+            code = 1
+        else:
+            code = 0
+    if code == 2 and new_work_dir and [p.name for p in args.work_dir.iterdir()] == ["train.log"]:
+        shutil.rmtree(args.work_dir)  # a run refused before it started leaves no folder behind (its error was shown)
+    return code
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@ only in numbers.
 from __future__ import annotations
 
 import ast
+import difflib
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import yaml
 from yacs.config import CfgNode as CN
 
 _C = CN()
@@ -120,6 +122,19 @@ _C.eval.tile_size = []  # H, W of tiles; empty = data.crop_size
 _C.eval.tile_min_overlap = 0.25  # fraction of the tile that neighbouring tiles share at least
 
 
+class UnknownConfigKeyError(KeyError):
+    """A config key that the defaults do not have. The message names its source and suggests the closest key."""
+
+    def __init__(self, key: str, source: str | None = None) -> None:
+        close = difflib.get_close_matches(key, list(flatten_config(_C)), n=1, cutoff=0.7)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        super().__init__(f"{source + ': ' if source else ''}unknown config key '{key}'{hint}")
+        self.key = key
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the whole message
+        return str(self.args[0])
+
+
 def get_cfg_defaults() -> CN:
     """A fresh copy of the defaults (never the module-level object itself)."""
     return _C.clone()
@@ -138,21 +153,21 @@ def load_config(path: str | Path | None = None, opts: Sequence[str] | Iterable[s
 
     Raises:
         FileNotFoundError: the config file does not exist.
-        KeyError: a key in the file or in ``opts`` does not exist in the defaults.
-        ValueError: ``opts`` is not a list of KEY VALUE pairs, or a value has the wrong type.
+        UnknownConfigKeyError: (a KeyError) a key in the file or in ``opts`` does not exist in the defaults.
+        ValueError: the file is not a YAML mapping, ``opts`` is not a list of KEY VALUE pairs, or a value has the
+            wrong type.
     """
-    cfg = get_cfg_defaults()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            cfg.merge_from_file(str(path))
-        except KeyError as err:
-            raise KeyError(f"{path}: unknown config key {err}") from None
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
-    return _finish(cfg, opts)
+    if path is None:
+        return _finish(get_cfg_defaults(), opts)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        checkpoint = " (a checkpoint? pass it with --ckpt)" if path.suffix in (".pth", ".pt", ".ckpt") else ""
+        raise ValueError(f"{path}: not a YAML config file, it is binary{checkpoint}") from None
+    return config_from_text(text, opts, source=str(path))
 
 
 def config_from_text(text: str, opts: Sequence[str] | Iterable[str] = (), source: str = "stored config") -> CN:
@@ -161,20 +176,27 @@ def config_from_text(text: str, opts: Sequence[str] | Iterable[str] = (), source
     Checked exactly like a config file; ``source`` names the text in error messages.
 
     Raises:
-        KeyError: the text or ``opts`` name a key that does not exist in the defaults.
+        UnknownConfigKeyError: (a KeyError) the text or ``opts`` name a key that does not exist in the defaults.
         ValueError: the text is not a YAML mapping, or a value has the wrong type.
     """
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{source}: not valid YAML ({' '.join(str(err).split())})") from None
+    if loaded is None:  # an empty file changes nothing
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{source}: a config must be a YAML mapping of sections (model:, train:, ...), "
+                         f"got a {type(loaded).__name__}")
     cfg = get_cfg_defaults()
     try:
-        loaded = CN.load_cfg(text)
-    except Exception as err:  # yacs raises yaml's and its own assertion errors for malformed text
-        raise ValueError(f"{source}: not a valid config ({type(err).__name__}: {err})") from None
-    try:
-        cfg.merge_from_other_cfg(loaded)
-    except KeyError as err:
-        raise KeyError(f"{source}: unknown config key {err}") from None
+        cfg.merge_from_other_cfg(CN(loaded))
+    except KeyError as err:  # yacs: "Non-existent config key: train.lr_typo"
+        raise UnknownConfigKeyError(str(err.args[0]).split(": ", 1)[-1], source) from None
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None
+    except Exception as err:  # yacs asserts on values it cannot hold (e.g. a dict where a number belongs)
+        raise ValueError(f"{source}: not a valid config ({type(err).__name__}: {err})") from None
     return _finish(cfg, opts)
 
 
@@ -197,12 +219,12 @@ def _finish(cfg: CN, opts: Sequence[str] | Iterable[str]) -> CN:
     for key, value in zip(opts[0::2], opts[1::2]):
         node, *parents = cfg, *key.split(".")[:-1]
         for part in parents:
-            if part not in node:
-                raise KeyError(f"unknown config key '{key}' (no section '{part}')")
+            if not isinstance(node, CN) or part not in node:
+                raise UnknownConfigKeyError(key)
             node = node[part]
         leaf = key.split(".")[-1]
         if not isinstance(node, CN) or leaf not in node:
-            raise KeyError(f"unknown config key '{key}'")
+            raise UnknownConfigKeyError(key)
         try:
             cfg.merge_from_list([key, _coerce(value) if isinstance(value, str) else value])
         except ValueError as err:

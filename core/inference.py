@@ -32,6 +32,7 @@ from core.model import build_model
 from core.model.checkpoint import CheckpointError, load_weights, read_checkpoint
 from core.tiling import TileGrid, run_tiled
 from core.utils.padder import InputPadder
+from core.utils.runtime import resolve_device
 
 DEFAULT_CHECKPOINT = Path("checkpoints/protoformer-s-synthetic.pth")  # relative to the repository root
 DEFAULT_CHECKPOINT_PATH = Path(__file__).resolve().parents[1] / DEFAULT_CHECKPOINT  # the same file, from anywhere
@@ -49,15 +50,24 @@ class MissingCheckpointError(FileNotFoundError):
     """The checkpoint file does not exist; the message says how to get or train one."""
 
 
+RANDOM_INIT_HINT = "To run the pipeline with untrained weights on purpose, pass --random-init."
+
+
 def missing_checkpoint_message(path: str | Path) -> str:
-    """What to do when a checkpoint is missing (shown by the command-line tools)."""
+    """What to do when a checkpoint is missing (shown by the command-line tools).
+
+    For the shipped default (:data:`DEFAULT_CHECKPOINT_PATH`): how to train and export one. For any other path, which
+    the user named: check the path, and where the default lives.
+    """
+    if Path(path).resolve() != DEFAULT_CHECKPOINT_PATH:
+        return (f"checkpoint not found: {path} (check the path; the default, used when no checkpoint is given, is "
+                f"{DEFAULT_CHECKPOINT_PATH})")
     return (
         f"checkpoint not found: {path}\n"
         "  Train the small model on the built-in synthetic data (CPU, no download) and export its weights:\n"
         + "".join(f"    {command}\n" for command in TRAIN_COMMANDS)
         + "  or pass --ckpt with a checkpoint of this project or an official ProtoFormer release (.pth, as shipped)\n"
-        "  together with its --config (e.g. configs/sintel.yaml).\n"
-        "  To run the pipeline with untrained weights on purpose, pass --random-init."
+        "  together with its --config (e.g. configs/sintel.yaml)."
     )
 
 
@@ -83,7 +93,8 @@ def to_image_tensor(image: np.ndarray | Tensor, name: str = "image") -> Tensor:
     """An image as the network wants it: float32 [3, H, W] RGB in 0..255.
 
     Accepts numpy ``[H, W]`` (grey), ``[H, W, 1|3|4]`` (grey, RGB, RGBA: alpha dropped) in uint8, uint16 (scaled to
-    8 bits) or float 0..255, and torch ``[H, W]``, ``[1|3|4, H, W]`` or ``[1, C, H, W]`` (channels first).
+    8 bits) or float 0..255, and torch ``[H, W]``, ``[1|3|4, H, W]`` or ``[1, C, H, W]`` (channels first). Colour
+    order is RGB (``cv2.imread`` gives BGR); float images within 0..1 get a warning.
     """
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
@@ -107,6 +118,8 @@ def to_image_tensor(image: np.ndarray | Tensor, name: str = "image") -> Tensor:
         raise ValueError(f"{name}: unsupported image dtype {tensor.dtype}")
     if min(tensor.shape[-2:]) < 1:
         raise ValueError(f"{name}: empty image of shape {tuple(image.shape)}")
+    if tensor.is_floating_point() and 0.0 < float(tensor.max()) <= 1.0:
+        logger.warning(f"{name}: float values within 0..1, but images are read as 0..255 (multiply by 255)")
     tensor = tensor.float() / 257.0 if tensor.dtype == torch.uint16 else tensor.float()
     channels = tensor.shape[0]
     tensor = tensor.expand(3, -1, -1) if channels == 1 else tensor[:3]
@@ -210,7 +223,8 @@ class FlowEstimator:
     Args:
         model: a ProtoFormer (built by :func:`core.model.build_model`), weights loaded.
         cfg: its config (``model.iters``, ``eval.tile*``, ``data.crop_size``, ``depth.max_depth`` are used).
-        device: ``"cuda"``, ``"cpu"``, ...; ``None`` = CUDA if available, else CPU.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``; ``None`` or ``"auto"`` = CUDA if
+            available, else CPU (checked by :func:`core.utils.runtime.resolve_device`: a ValueError if unavailable).
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (autocast); ``None`` = fp32. Reduced precision needs CUDA
             for fp16; bf16 on the CPU is allowed when asked for but is very slow (never a default).
         iters: flow refinement iterations; ``None`` = ``cfg.model.iters``.
@@ -223,7 +237,7 @@ class FlowEstimator:
                  precision: str | None = None, iters: int | None = None, tile: bool | str | None = None,
                  pad_mode: str = "sintel"):
         self.cfg = cfg
-        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         self.precision = precision or "fp32"
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")

@@ -53,6 +53,7 @@ if str(REPO) not in sys.path:
 
 from core.data.synthetic import render_pair  # noqa: E402
 from core.utils.atomic import atomic_write_text  # noqa: E402
+from core.utils.shared import shared_dir  # noqa: E402
 from core.flow_backends import BACKENDS, make_flow_backend  # noqa: E402
 from core.inference import DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH  # noqa: E402
 from core.video import open_frames  # noqa: E402
@@ -548,8 +549,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ckpt", type=Path, help=f"protoformer checkpoint (default: {DEFAULT_CHECKPOINT})")
     parser.add_argument("--protoformer-max-side", type=int, default=384,
                         help="protoformer runs on frames downscaled to this longer side (CPU time)")
-    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared",
-                        help="folder holding realdata/videos/vtest.avi (default: %(default)s)")
+    parser.add_argument("--shared", type=Path, default=shared_dir(),
+                        help="folder holding realdata/videos/vtest.avi (default: $PROTOFORMER_SHARED, else "
+                             "../shared beside the repository: %(default)s)")
     parser.add_argument("--real-frames", type=int, default=60, help="frames of vtest.avi to use")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "downstream" / "benchmark.json")
     parser.add_argument("--previews", type=Path, help="write stabilize_preview.png and track_preview.png here")

@@ -1,6 +1,6 @@
 """Real-image benchmark: ProtoFormer against OpenCV DIS (medium preset) and Farneback on real photographs.
 
-    python scripts/benchmark_real.py                                    # default checkpoint, ../shared/realdata
+    python scripts/benchmark_real.py                                    # default checkpoint, $PROTOFORMER_SHARED/realdata
     python scripts/benchmark_real.py --ckpt /tmp/pf.pth --scale 1 0.5 --previews docs/real
     python scripts/benchmark_real.py --data DIR --iters 12 --out runs/benchmark_real/results.json
 
@@ -54,9 +54,10 @@ from core.metrics import flow_metrics  # noqa: E402
 from core.model.checkpoint import CheckpointError  # noqa: E402
 from core.utils.atomic import atomic_write_text  # noqa: E402
 from core.utils.flow_viz import flow_to_color  # noqa: E402
+from core.utils.shared import shared_dir  # noqa: E402
 from core.video import MIN_FRAMES, VideoError, open_frames  # noqa: E402
 
-DEFAULT_DATA = REPO.parent / "shared" / "realdata"
+DEFAULT_DATA = shared_dir() / "realdata"
 DEFAULT_OUT = REPO / "runs" / "benchmark_real" / "results.json"
 STEREO_PAIR = "motorcycle"
 STEREO_FILES = ("im0.png", "im1.png", "flow_gt.flo", "valid.png")
@@ -102,7 +103,7 @@ def load_stereo_pair(data: Path) -> StereoPair:
     """
     if not data.is_dir():
         raise FileNotFoundError(f"--data: real-image folder not found: {data} (expected {STEREO_PAIR}/ with "
-                                f"{', '.join(STEREO_FILES)}; see ../shared/realdata/README.md)")
+                                f"{', '.join(STEREO_FILES)}; see the README.md of the shared realdata folder)")
     folder = data / STEREO_PAIR
     missing = [name for name in STEREO_FILES if not (folder / name).is_file()]
     if missing:
@@ -295,7 +296,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"ProtoFormer checkpoint (default: {DEFAULT_CHECKPOINT} in the repository)")
     parser.add_argument("--config", type=Path, help="its config (default: the one stored with the checkpoint)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="real-image folder with motorcycle/ (default: ../shared/realdata beside the repository)")
+                        help="real-image folder with motorcycle/ (default: $PROTOFORMER_SHARED/realdata, else "
+                             "../shared/realdata beside the repository)")
     parser.add_argument("--iters", type=int, help="refinement iterations (default: model.iters of the config)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="JSON result file (default: runs/benchmark_real/results.json)")

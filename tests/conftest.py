@@ -6,15 +6,16 @@ model, real images). It is not part of the project; tests that need it skip with
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from loguru import logger
 
+from core.utils import shared
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = Path(os.environ.get("PROTOFORMER_SHARED", REPO_ROOT.parent / "shared"))
+SHARED_DIR = shared.shared_dir()
 
 
 @pytest.fixture(autouse=True)

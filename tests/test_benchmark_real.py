@@ -16,6 +16,7 @@ from core.data import formats
 from core.flow_backends import make_flow_backend
 from core.model import atomic_save, build_model
 from core.model.checkpoint import WEIGHTS_FORMAT
+from core.utils import shared
 from scripts import benchmark_real
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,3 +209,12 @@ def test_epe_by_motion_by_hand():
     assert rows == [{"range": "0-10", "pixels": 1, "epe": 1.0}, {"range": "10-20", "pixels": 2, "epe": 3.0}]
     valid[0, 3] = True
     assert benchmark_real.epe_by_motion(flow, truth, valid)[-1] == {"range": ">=50", "pixels": 1, "epe": 3.0}
+
+
+def test_shared_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PROTOFORMER_SHARED", str(tmp_path))
+    assert shared.shared_dir() == tmp_path
+    monkeypatch.setenv("PROTOFORMER_SHARED", "")
+    assert shared.shared_dir() == REPO.parent / "shared"
+    monkeypatch.delenv("PROTOFORMER_SHARED")
+    assert shared.shared_dir() == REPO.parent / "shared"

@@ -80,6 +80,35 @@ def test_unknown_key_in_file_names_the_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_unreadable_config_files_are_clear_errors(tmp_path):
+    broken, scalar, binary, empty = (tmp_path / name for name in ("broken.yaml", "scalar.yaml", "model.pth", "e.yaml"))
+    broken.write_text("train: [\n")
+    scalar.write_text("hello\n")
+    binary.write_bytes(b"PK\x03\x04\xff\xfe binary")
+    empty.write_text("")
+    with pytest.raises(ValueError, match="broken.yaml: not valid YAML"):
+        load_config(broken)
+    with pytest.raises(ValueError, match="scalar.yaml: a config must be a YAML mapping .* got a str"):
+        load_config(scalar)
+    with pytest.raises(ValueError, match="model.pth: not a YAML config file, it is binary .*--ckpt"):
+        load_config(binary)
+    assert load_config(empty) == load_config(None)
+
+
+def test_unknown_keys_suggest_the_closest_and_print_without_quotes(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("train:\n  lr_typo: 1\n")
+    with pytest.raises(KeyError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: unknown config key 'train.lr_typo'")
+    with pytest.raises(KeyError) as error:
+        load_config(None, ["model.itres", "3"])
+    assert str(error.value) == "unknown config key 'model.itres' (did you mean 'model.iters'?)"
+    with pytest.raises(KeyError) as error:
+        load_config(None, ["zzz.qqq", "3"])
+    assert str(error.value) == "unknown config key 'zzz.qqq'"
+
+
 def test_config_from_text_round_trips_a_dump_and_names_its_source():
     cfg = load_config(None, ["train.lr", "1e-3", "model.variant", "protoformer-s"])
     again = config_from_text(cfg.dump(), ["train.batch_size", "3"])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import core.inference
 import demo
 from core.config import load_config
 from core.data import formats
@@ -115,15 +116,24 @@ def test_explicit_pair_errors(tmp_path, ckpt, messages):
                       "--ckpt", str(ckpt)]) == 2
     assert any("cannot read frame" in line and "broken.png" in line for line in messages)
     assert demo.main(["--input", str(tmp_path / "absent.png"), "--output", out, "--ckpt", str(ckpt)]) == 2
+    assert demo.main(["--input", str(tmp_path / "a.png"), "--output", out, "--ckpt", str(ckpt)]) == 2
+    assert any("one image; optical flow needs two" in line and "a.png" in line for line in messages)
 
 
-def test_missing_checkpoint_explains_how_to_get_one(tmp_path, messages):
+def test_missing_checkpoint_explains_how_to_get_one(tmp_path, messages, monkeypatch):
     code = demo.main(["--output", str(tmp_path / "out"), "--ckpt", str(tmp_path / "absent.pth")])
     assert code == 2
     text = "\n".join(messages)
-    assert "checkpoint not found" in text and "python train.py --config configs/synthetic.yaml" in text
-    assert "--random-init" in text
+    assert f"checkpoint not found: {tmp_path / 'absent.pth'} (check the path" in text and "train.py" not in text
     assert not (tmp_path / "out").exists()
+
+    messages.clear()  # the shipped default is missing: how to train one, or run on random weights on purpose
+    monkeypatch.setattr(core.inference, "DEFAULT_CHECKPOINT_PATH", tmp_path / "default.pth")
+    monkeypatch.setattr(demo, "DEFAULT_CHECKPOINT_PATH", tmp_path / "default.pth")
+    assert demo.main(["--output", str(tmp_path / "out")]) == 2
+    text = "\n".join(messages)
+    assert "checkpoint not found" in text and "python train.py --config configs/synthetic.yaml" in text
+    assert "--random-init" in text and "check the path" not in text
 
 
 def test_no_input_runs_on_the_bundled_sample_with_random_init(tmp_path, messages):

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import core.inference
 from core.config import load_config
 from core.inference import FlowEstimator, MissingCheckpointError, forward_interpolate, to_image_tensor
 from core.model import atomic_save, build_model
@@ -208,6 +209,15 @@ def test_to_image_tensor_conversions_and_errors():
         to_image_tensor([[1, 2], [3, 4]])
 
 
+def test_images_scaled_to_0_1_get_a_warning(messages):
+    to_image_tensor(np.full((4, 4, 3), 200.0, np.float32), "image1")
+    to_image_tensor(np.zeros((4, 4, 3), np.float32), "image1")  # a black frame is fine
+    to_image_tensor(np.ones((4, 4, 3), np.uint8), "image1")  # so is a dark uint8 one
+    assert not messages
+    to_image_tensor(torch.rand(3, 4, 4), "image2")
+    assert len(messages) == 1 and "image2: float values within 0..1" in messages[0]
+
+
 def test_mismatched_sizes_are_rejected(estimator):
     image1, _ = textured_pair(40, 48)
     _, image2 = textured_pair(40, 56)
@@ -279,9 +289,13 @@ def test_default_checkpoint_is_found_from_any_working_directory(tmp_path, monkey
     assert loaded.cfg.model.variant == "protoformer-s"
 
 
-def test_missing_or_wrong_checkpoint(tmp_path):
-    with pytest.raises(MissingCheckpointError, match="train.py"):
+def test_missing_or_wrong_checkpoint(tmp_path, monkeypatch):
+    with pytest.raises(MissingCheckpointError, match="absent.pth [(]check the path") as error:
         FlowEstimator.from_checkpoint(tmp_path / "absent.pth")
+    assert "train.py" not in str(error.value)
+    monkeypatch.setattr(core.inference, "DEFAULT_CHECKPOINT_PATH", tmp_path / "default.pth")
+    with pytest.raises(MissingCheckpointError, match="(?s)default.pth\n.*train.py"):
+        FlowEstimator.from_checkpoint()
     plain = tmp_path / "plain.pth"
     torch.manual_seed(0)
     atomic_save(build_model(small_cfg()).state_dict(), plain)  # no stored config -> defaults = official size
@@ -318,3 +332,13 @@ def test_depth_of_depth_and_joint_models(estimator):
     assert depth_only.predict_depth(image1).shape == (50, 70)
     with pytest.raises(ValueError, match="two images"):
         estimator.run(to_image_tensor(image1)[None])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_unavailable_or_unknown_device_is_a_clear_error():
+    model, cfg = build_model(small_cfg()), small_cfg()
+    assert FlowEstimator(model, cfg).device == torch.device("cpu") == FlowEstimator(model, cfg, device="auto").device
+    with pytest.raises(ValueError, match="--device cuda:1: CUDA is not available on this machine"):
+        FlowEstimator(model, cfg, device="cuda:1")
+    with pytest.raises(ValueError, match="--device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
+        FlowEstimator(model, cfg, device="gpu")

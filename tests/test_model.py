@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_leaves
 
 from core.config import load_config
 from core.model import VARIANTS, build_model, cost_memory, flow_decoder, layers
-from core.model.checkpoint import CheckpointError, convert_official_state_dict, load_weights
+from core.model.checkpoint import CheckpointError, convert_official_state_dict, load_weights, read_checkpoint
 from core.model.cost_memory import CostMemoryEncoder
 from core.model.flow_decoder import GMAAttention
 from core.model.protoformer import ProtoFormer
@@ -284,5 +284,22 @@ def test_checkpoint_that_does_not_fit_lists_the_problem(tmp_path):
     with pytest.raises(CheckpointError, match="missing keys"):
         load_weights(depth, path)
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="garbage.pth"):
+    with pytest.raises(CheckpointError, match="garbage.pth: not a PyTorch checkpoint"):
         load_weights(small, tmp_path / "garbage.pth")
+
+
+class _Opaque:  # an object a weights-only load refuses
+    pass
+
+
+def test_unreadable_checkpoints_say_why_without_advising_an_unsafe_load(tmp_path):
+    torch.save({"model": _Opaque()}, tmp_path / "object.pth")
+    torch.save({"model": {"w": torch.zeros(3)}}, tmp_path / "good.pth")
+    good = (tmp_path / "good.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match="object.pth: holds Python objects .*_Opaque") as err:
+        read_checkpoint(tmp_path / "object.pth")
+    assert "weights_only set to False" not in str(err.value) and "add_safe_globals" not in str(err.value)
+    with pytest.raises(CheckpointError, match="cut.pth: cannot be read as a torch checkpoint, truncated or corrupt"):
+        read_checkpoint(tmp_path / "cut.pth")
+    assert read_checkpoint(tmp_path / "good.pth")["model"]["w"].shape == (3,)

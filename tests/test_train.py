@@ -402,3 +402,15 @@ def test_export_average_is_the_mean_of_the_last_step_checkpoints(tmp_path, capfd
     for argv in (["--average", "2"], ["--export", str(out), "--average", "0"]):
         with pytest.raises(SystemExit):
             train.parse_args(["--work-dir", str(tmp_path), *argv])
+
+
+def test_refused_runs_leave_no_new_work_dir_behind(tmp_path, capfd):
+    assert train.main(["--work-dir", str(tmp_path / "typo"), "--resume"]) == 2
+    assert "checkpoint not found" in capfd.readouterr().err
+    assert not (tmp_path / "typo").exists()
+    assert train.main(["--config", str(CONFIG), "--work-dir", str(tmp_path / "new"), "model.itres", "3"]) == 2
+    assert "did you mean 'model.iters'" in capfd.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()  # a folder that existed before is never removed
+    assert train.main(["--work-dir", str(tmp_path / "kept"), "--resume"]) == 2
+    assert (tmp_path / "kept").is_dir()

@@ -121,7 +121,24 @@ def read_checkpoint(path: str | Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt / unsafe files
-        raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({err})") from None
+        raise CheckpointError(f"{path}: {_load_failure(path, err)}") from None
+
+
+def _load_failure(path: Path, err: Exception) -> str:
+    """Why ``torch.load(path, weights_only=True)`` failed, in one sentence (without torch's advice to retry with
+    ``weights_only=False``, which would let the file run code)."""
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch's zip format, or a legacy pickle
+        return "not a PyTorch checkpoint (neither a torch zip archive nor a pickle)"
+    text = str(err)
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL (\S+)", text)
+        return ("holds Python objects that a weights-only load refuses" + (f" ({found[1]})" if found else "")
+                + "; checkpoints are only ever loaded with weights_only=True here: save the state_dict (a dict of "
+                "tensors) instead")
+    first = text.split(". ")[0].strip() if text else type(err).__name__
+    return f"cannot be read as a torch checkpoint, truncated or corrupt? ({first})"
 
 
 def load_weights(model: nn.Module, checkpoint: str | Path | Mapping[str, Any]) -> nn.Module:

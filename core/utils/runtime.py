@@ -24,37 +24,52 @@ import torch
 from torch.utils.data import Dataset
 
 
-def select_device(request: str, local_rank: int = 0) -> torch.device:
-    """The device a process trains on.
+def resolve_device(request: str | torch.device | None = None) -> torch.device:
+    """The device a request names, checked before anything is moved there.
 
     Args:
-        request: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` (GPU ``local_rank``) or
-            ``"cuda:N"`` (an explicit GPU, for single-process runs).
+        request: ``None`` or ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` (the current GPU) or
+            ``"cuda:N"``, or a ``torch.device``.
+
+    Raises:
+        ValueError: not a device name, or CUDA requested but not available, or a GPU index that does not exist.
+    """
+    if request is None or request == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(request)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got '{request}'") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {request}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {request}: GPU {device.index} requested, only {torch.cuda.device_count()} "
+                             "visible")
+    elif device.type != "cpu":
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got '{request}'")
+    return device
+
+
+def select_device(request: str, local_rank: int = 0) -> torch.device:
+    """The device a training process runs on, made the current CUDA device when it is a GPU.
+
+    Args:
+        request: as for :func:`resolve_device`; ``"cuda"`` (and ``"auto"`` on a GPU machine) means GPU
+            ``local_rank``, an explicit ``"cuda:N"`` is for single-process runs.
         local_rank: this process's index on its machine (torchrun's ``LOCAL_RANK``).
 
     Raises:
-        ValueError: an unknown request, CUDA requested but not available, or a GPU index that does not exist.
+        ValueError: as :func:`resolve_device`, or GPU ``local_rank`` does not exist.
     """
-    if request == "auto":
-        request = "cuda" if torch.cuda.is_available() else "cpu"
-    if request == "cpu":
-        return torch.device("cpu")
-    if request == "cuda" or request.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {request}: CUDA is not available on this machine (use --device cpu)")
-        index = local_rank if request == "cuda" else _parse_cuda_index(request)
-        if index >= torch.cuda.device_count():
-            raise ValueError(f"--device {request}: GPU {index} requested, only {torch.cuda.device_count()} visible")
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got '{request}'")
-
-
-def _parse_cuda_index(request: str) -> int:
-    try:
-        return int(request.split(":", 1)[1])
-    except ValueError:
-        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got '{request}'") from None
+    device = resolve_device(request)
+    if device.type != "cuda":
+        return device
+    index = local_rank if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {request}: GPU {index} requested, only {torch.cuda.device_count()} visible")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def configure_determinism(deterministic: bool) -> None:
