@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from core.data.formats import read_image, write_flo, write_image
 from core.inference import (
-    DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, RANDOM_INIT_HINT, FlowEstimator, MissingCheckpointError,
-    forward_interpolate, to_image_tensor,
+    DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, FlowEstimator, MissingCheckpointError,
+    forward_interpolate, to_image_tensor, with_random_init_hint,
 )
 from core.model.checkpoint import CheckpointError
 from core.utils.flow_viz import depth_to_color, flow_to_color
@@ -348,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_demo(estimator, source, args.output, save_flo=args.save_flo, depth=args.depth,
                            max_flow=args.max_flow, warm_start=args.warm_start)
     except (DemoError, MissingCheckpointError, CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
-        hint = f"\n  {RANDOM_INIT_HINT}" if isinstance(err, MissingCheckpointError) else ""
-        logger.error(f"{err}{hint}")
+        logger.error(with_random_init_hint(err))
         return 2
     if summary.skipped:
         logger.warning(f"skipped {len(summary.skipped)}: {', '.join(summary.skipped)}")

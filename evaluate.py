@@ -50,8 +50,8 @@ from core.data.datasets import MpiSintel
 from core.data.formats import write_flo, write_kitti_flow
 from core.data.loader import build_test_dataset, build_val_dataset, is_depth_set
 from core.inference import (
-    DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, RANDOM_INIT_HINT, FlowEstimator, MissingCheckpointError,
-    forward_interpolate,
+    DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, FlowEstimator, MissingCheckpointError,
+    forward_interpolate, with_random_init_hint,
 )
 from core.metrics import DepthMetricAccumulator, FlowMetricAccumulator, disparity_to_depth
 from core.model.checkpoint import CheckpointError
@@ -320,8 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dataset is not None:
             check_model_fits(estimator, args.dataset)
     except (MissingCheckpointError, CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
-        hint = f"\n  {RANDOM_INIT_HINT}" if isinstance(err, MissingCheckpointError) else ""
-        logger.error(f"{err}{hint}")
+        logger.error(with_random_init_hint(err))
         return 2
     cfg = estimator.cfg
     report: dict[str, Any] = {

@@ -779,7 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = 1
         else:
             code = 0
-    if code == 2 and new_work_dir and [p.name for p in args.work_dir.iterdir()] == ["train.log"]:
+    if code == 2 and new_work_dir and [p.name for p in args.work_dir.glob("*")] == ["train.log"]:
         shutil.rmtree(args.work_dir)  # a run refused before it started leaves no folder behind (its error was shown)
     return code
 

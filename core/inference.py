@@ -50,7 +50,12 @@ class MissingCheckpointError(FileNotFoundError):
     """The checkpoint file does not exist; the message says how to get or train one."""
 
 
-RANDOM_INIT_HINT = "To run the pipeline with untrained weights on purpose, pass --random-init."
+def with_random_init_hint(err: Exception) -> str:
+    """The message of a command-line tool's error; for a missing checkpoint, plus how to run on untrained weights
+    (for the tools that have ``--random-init``)."""
+    if isinstance(err, MissingCheckpointError):
+        return f"{err}\n  To run the pipeline with untrained weights on purpose, pass --random-init."
+    return str(err)
 
 
 def missing_checkpoint_message(path: str | Path) -> str:

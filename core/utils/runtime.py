@@ -63,13 +63,11 @@ def select_device(request: str, local_rank: int = 0) -> torch.device:
         ValueError: as :func:`resolve_device`, or GPU ``local_rank`` does not exist.
     """
     device = resolve_device(request)
-    if device.type != "cuda":
-        return device
-    index = local_rank if device.index is None else device.index
-    if index >= torch.cuda.device_count():
-        raise ValueError(f"--device {request}: GPU {index} requested, only {torch.cuda.device_count()} visible")
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
+    if device.type == "cuda" and device.index is None:
+        device = resolve_device(f"cuda:{local_rank}")  # the same checks, for this process's GPU
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def configure_determinism(deterministic: bool) -> None:
