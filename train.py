@@ -306,7 +306,7 @@ class Trainer:
         if checkpoint is not None:
             self.model.load_state_dict(checkpoint["model"], strict=True)
         elif cfg.train.restore_ckpt:
-            load_weights(self.model, cfg.train.restore_ckpt)
+            load_weights(self.model, cfg.train.restore_ckpt, fresh_heads=True)
             logger.info(f"initial weights from {cfg.train.restore_ckpt}")
         self.network: nn.Module = self.model
         if context.is_distributed:

@@ -14,6 +14,7 @@ import torch
 from core.config import load_config
 from core.data import formats
 from core.flow_backends import make_flow_backend
+from core.inference import FlowEstimator
 from core.model import atomic_save, build_model
 from core.model.checkpoint import WEIGHTS_FORMAT
 from core.utils import shared
@@ -99,6 +100,12 @@ def test_generated_pair_metrics_json_and_previews(tmp_path, ckpt, stereo, messag
     for key, value in expected.items():
         assert measured[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     assert measured["epe"] < 1.0  # a pure 4 px shift of a smooth texture is easy for DIS
+
+    # the full-size ProtoFormer row: the same checkpoint called here on left -> right
+    ours = FlowEstimator.from_checkpoint(ckpt, device="cpu").predict(truth["left"], truth["right"])
+    expected = _numpy_metrics(ours, truth["flow"], truth["valid"])
+    for key, value in expected.items():
+        assert result["rows"][0]["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
     # the table on stdout, ready for the README
     table = capsys.readouterr().out

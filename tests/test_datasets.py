@@ -325,6 +325,9 @@ def test_build_train_dataset(cfg):
     assert (kitti_set.augmentor.min_scale, kitti_set.augmentor.max_scale) == (-0.2, 0.4)
     assert mixture.datasets[0].dataset.augmentor.min_scale == cfg.aug.min_scale
     _check_sample(mixture[len(mixture) - 1], size=(24, 32))
+    cfg.data.train_sets = ["sintel_final", "sintel_clean"]
+    final, clean = build_train_dataset(cfg).datasets  # each once, so not wrapped
+    assert "/final/" in final[0]["meta"]["image1_path"] and "/clean/" in clean[0]["meta"]["image1_path"]
 
 
 def test_missing_roots_are_reported_before_any_work(cfg, tmp_path):
@@ -338,6 +341,9 @@ def test_missing_roots_are_reported_before_any_work(cfg, tmp_path):
 def test_build_val_and_test_datasets(cfg):
     assert len(build_val_dataset(cfg, "chairs")) == 1
     assert len(build_val_dataset(cfg, "sintel_final")) == 3
+    for name, pass_dir in (("sintel_final", "/final/"), ("sintel_clean", "/clean/"),
+                           ("things_clean", "/frames_cleanpass/")):
+        assert pass_dir in build_val_dataset(cfg, name)[0]["meta"]["image1_path"], name
     assert len(build_val_dataset(cfg, "things_clean")) == 2 * 2  # TEST frames 6, 7: one pair per direction
     assert build_val_dataset(cfg, "kitti").augmentor is None
     assert build_test_dataset(cfg, "sintel_clean").is_test and build_test_dataset(cfg, "kitti").split == "testing"

@@ -262,6 +262,21 @@ def test_warm_start_and_sequence(estimator):
         estimator.predict(image1, image2, flow_init=guess[:40])
 
 
+def test_a_full_resolution_guess_reaches_the_model_in_eighth_scale_pixels(estimator, monkeypatch):
+    image1, image2 = textured_pair(48, 64, shift=(1, 1))
+    seen = []
+    real_run = estimator.run
+    monkeypatch.setattr(estimator, "run", lambda a, b, init=None: seen.append(init) or real_run(a, b, init))
+    guess = np.zeros((48, 64, 2), np.float32)
+    guess[..., 0], guess[..., 1] = 16.0, -8.0
+    guess[:8, :8] = (32.0, 0.0)  # one 8x8 cell: its own mean
+    estimator.predict(image1, image2, flow_init=guess)
+    (init,) = seen
+    expected = torch.tensor([2.0, -1.0]).view(1, 2, 1, 1).expand(1, 2, 6, 8).clone()
+    expected[0, :, 0, 0] = torch.tensor([4.0, 0.0])
+    torch.testing.assert_close(init, expected)
+
+
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 

@@ -288,6 +288,22 @@ def test_checkpoint_that_does_not_fit_lists_the_problem(tmp_path):
         load_weights(small, tmp_path / "garbage.pth")
 
 
+@pytest.mark.parametrize("layout", ["plain", "model", "state_dict", "module.", "_orig_mod.", "state_dict+module."])
+def test_every_supported_checkpoint_layout_loads_the_same_weights(layout):
+    source = ProtoFormer(VARIANTS["protoformer-s"], model_type="flow")
+    weights = source.state_dict()
+    prefix = layout.split("+")[-1] if layout.endswith(".") else ""
+    stored = {f"{prefix}{key}": value for key, value in weights.items()}
+    if layout.startswith(("model", "state_dict")):
+        stored = {layout.split("+")[0]: stored, "step": 7}
+    torch.manual_seed(1)
+    target = ProtoFormer(VARIANTS["protoformer-s"], model_type="flow")
+    assert not all(torch.equal(value, weights[key]) for key, value in target.state_dict().items())
+    load_weights(target, stored)
+    for key, value in target.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0)
+
+
 class _Opaque:  # an object a weights-only load refuses
     pass
 

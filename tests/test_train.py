@@ -379,6 +379,40 @@ def test_validation_logging_best_checkpoint_and_export(tmp_path):
         train.parse_args(["--work-dir", str(tmp_path), "--export", str(out), "--config", "configs/synthetic.yaml"])
 
 
+def test_the_best_checkpoint_is_the_lowest_validation_error(tmp_path, monkeypatch):
+    cfg = tiny_config(train__num_steps="3", train__val_freq="1", train__val_sets='["synthetic"]')
+    trainer = train.Trainer(cfg, tmp_path, single_process())
+    errors = iter([2.0, 1.0, 3.0])
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: {"epe": next(errors)})
+    result = trainer.fit()
+    assert result["best"]["step"] == 2 and result["best"]["value"] == 1.0
+    assert torch.load(tmp_path / "checkpoints" / "best.pth", weights_only=True)["step"] == 2
+
+
+def test_restore_ckpt_starts_from_its_weights_and_a_depth_model_from_flow_weights(tmp_path):
+    flow = build_model(tiny_config())
+    with torch.no_grad():
+        for value in flow.state_dict().values():
+            if value.is_floating_point():
+                value.add_(torch.randn_like(value))  # far from any initialisation
+    weights = tmp_path / "flow.pth"
+    torch.save({"format": WEIGHTS_FORMAT, "model": flow.state_dict()}, weights)
+
+    trainer = train.Trainer(tiny_config(train__restore_ckpt=str(weights)), tmp_path / "flow", single_process())
+    for key, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(value, flow.state_dict()[key], rtol=0, atol=0)
+
+    depth_opts = {"model__type": "depth", "data__train_sets": '["synthetic_depth"]'}
+    trainer = train.Trainer(tiny_config(**depth_opts, train__restore_ckpt=str(weights)), tmp_path / "depth",
+                            single_process())
+    train.seed_everything(tiny_config().seed)
+    initial = build_model(tiny_config(**depth_opts)).state_dict()  # the trainer's seeded initialisation
+    for key, value in trainer.model.state_dict().items():
+        expected = flow.state_dict()[key] if key.startswith("context_encoder.") else initial[key]
+        torch.testing.assert_close(value, expected, rtol=0, atol=0)
+    assert any(key.startswith("depth_decoder.") for key in initial)
+
+
 def test_export_average_is_the_mean_of_the_last_step_checkpoints(tmp_path, capfd):
     cfg = tiny_config()
     folder = tmp_path / "checkpoints"

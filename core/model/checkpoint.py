@@ -141,11 +141,15 @@ def _load_failure(path: Path, err: Exception) -> str:
     return f"cannot be read as a torch checkpoint, truncated or corrupt? ({first})"
 
 
-def load_weights(model: nn.Module, checkpoint: str | Path | Mapping[str, Any]) -> nn.Module:
+def load_weights(model: nn.Module, checkpoint: str | Path | Mapping[str, Any], *,
+                 fresh_heads: bool = False) -> nn.Module:
     """Load weights from a path or an in-memory checkpoint into ``model`` (strictly) and return the model.
 
     Heads that the model does not build (e.g. the depth head of a flow model) are skipped with a log line; every
-    other missing, unexpected or mis-shaped tensor raises :class:`CheckpointError` listing them all.
+    other missing, unexpected or mis-shaped tensor raises :class:`CheckpointError` listing them all. With
+    ``fresh_heads`` (fine-tuning, ``train.restore_ckpt``) a head the checkpoint lacks entirely keeps the model's
+    initialisation instead, with a warning: a flow checkpoint can start a depth model (the official depth recipe
+    starts from the Sintel flow weights), its depth head then trained from scratch.
     """
     source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "checkpoint"
     raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
@@ -156,6 +160,12 @@ def load_weights(model: nn.Module, checkpoint: str | Path | Mapping[str, Any]) -
     if absent_heads and set(absent_heads) <= skippable:
         logger.info(f"{source}: skipping {', '.join(absent_heads)} (not part of this model type)")
         state_dict = {k: v for k, v in state_dict.items() if k.split(".")[0] not in absent_heads}
+    if fresh_heads:
+        new_heads = sorted(({k.split(".")[0] for k in target} - {k.split(".")[0] for k in state_dict})
+                           & {"flow_decoder", "depth_decoder"})
+        if new_heads:
+            logger.warning(f"{source} has no {', '.join(new_heads)}: it keeps its random initialisation")
+            state_dict = {**state_dict, **{k: v for k, v in target.items() if k.split(".")[0] in new_heads}}
     missing = [k for k in target if k not in state_dict]
     unexpected = [k for k in state_dict if k not in target]
     mismatched = [
