@@ -23,7 +23,18 @@ import numpy as np
 
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 BACKENDS = ("protoformer", "dis", "farneback")
+# The downstream tools' default: DIS, measured ahead of the shipped checkpoint on their benchmark (README,
+# "Downstream tools"); ProtoFormer whenever the user names a checkpoint or config.
+TOOL_DEFAULT_BACKEND = "dis"
 FARNEBACK_PARAMS = dict(pyr_scale=0.5, levels=5, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
+
+
+def choose_backend(backend: str | None, ckpt: str | Path | None = None, config: str | Path | None = None) -> str:
+    """The backend a downstream tool runs: ``backend`` if given, else ``protoformer`` if a checkpoint or config is
+    given, else :data:`TOOL_DEFAULT_BACKEND`."""
+    if backend is not None:
+        return backend
+    return "protoformer" if ckpt is not None or config is not None else TOOL_DEFAULT_BACKEND
 
 
 def _check_pair(image1: np.ndarray, image2: np.ndarray) -> None:

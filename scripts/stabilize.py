@@ -66,7 +66,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from core.flow_backends import BACKENDS, FlowFn, make_flow_backend  # noqa: E402
+from core.flow_backends import (  # noqa: E402
+    BACKENDS, TOOL_DEFAULT_BACKEND, FlowFn, choose_backend, make_flow_backend)
 from core.utils.atomic import atomic_path, atomic_write_text  # noqa: E402
 from core.video import FrameSource, VideoError, VideoWriter, open_frames  # noqa: E402
 
@@ -646,8 +647,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--input", type=Path, required=True, help="video file or folder of frames")
     parser.add_argument("--output", type=Path, required=True, help="stabilised video (.mp4)")
-    parser.add_argument("--backend", choices=BACKENDS, default="protoformer",
-                        help="flow backend (default: %(default)s)")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help=f"flow backend (default: {TOOL_DEFAULT_BACKEND}, or protoformer with --ckpt/--config)")
     parser.add_argument("--ckpt", help="protoformer checkpoint (default: checkpoints/protoformer-s-synthetic.pth)")
     parser.add_argument("--config", help="protoformer config (default: the one stored with the checkpoint)")
     parser.add_argument("--device", help="protoformer device: cuda, cpu, ... (default: cuda if available)")
@@ -659,6 +660,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="RANSAC inlier threshold in px at the input resolution (default: %(default)s)")
     parser.add_argument("--max-frames", type=int, help="stabilise only the first N frames")
     args = parser.parse_args(argv)
+    args.backend = choose_backend(args.backend, args.ckpt, args.config)
     if args.output.suffix.lower() != ".mp4":
         parser.error(f"--output must be an .mp4 file, got {args.output}")
     if args.smooth < 0:

@@ -55,7 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from core.flow_backends import BACKENDS, FlowFn, make_flow_backend  # noqa: E402
+from core.flow_backends import (  # noqa: E402
+    BACKENDS, TOOL_DEFAULT_BACKEND, FlowFn, choose_backend, make_flow_backend)
 from core.utils.atomic import publish, temporary_path_beside  # noqa: E402
 from core.video import FrameSource, VideoError, VideoWriter, open_frames  # noqa: E402
 
@@ -521,8 +522,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--box", help="x,y,w,h of the object in frame 0 (pixels)")
     parser.add_argument("--points", type=Path, help="CSV of x,y query points in frame 0")
     parser.add_argument("--output", type=Path, required=True, help="video with the track drawn (.mp4)")
-    parser.add_argument("--backend", choices=BACKENDS, default="protoformer",
-                        help="flow backend (default: %(default)s)")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help=f"flow backend (default: {TOOL_DEFAULT_BACKEND}, or protoformer with --ckpt/--config)")
     parser.add_argument("--ckpt", help="protoformer checkpoint (default: checkpoints/protoformer-s-synthetic.pth)")
     parser.add_argument("--config", help="protoformer config (default: the one stored with the checkpoint)")
     parser.add_argument("--device", help="protoformer device: cuda, cpu, ... (default: cuda if available)")
@@ -532,6 +533,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-scale", dest="scale", action="store_false", help="keep the box size fixed")
     parser.add_argument("--max-frames", type=int, help="track through the first N frames only")
     args = parser.parse_args(argv)
+    args.backend = choose_backend(args.backend, args.ckpt, args.config)
     if args.output.suffix.lower() != ".mp4":
         parser.error(f"--output must be an .mp4 file, got {args.output}")
     if args.box is None and args.points is None:

@@ -257,3 +257,15 @@ def test_lost_box_and_hidden_points_coast_for_a_bounded_time():
     assert states[-1].points[0, 0] == pytest.approx(30.0 + 2.0 * 3 + 2.0 * track.COAST_FRAMES)
     assert states[-1].box[0] == pytest.approx(20.0 + 2.0 * 3 + 2.0 * track.COAST_FRAMES)
     assert track.patches(flat[..., 0].astype(np.float32), np.zeros((0, 2))).shape == (0, track.PATCH, track.PATCH)
+
+
+def test_the_tools_default_to_dis_and_to_protoformer_when_a_checkpoint_is_named():
+    from scripts import stabilize
+
+    base = {track: ["--input", "clip", "--box", "1,1,5,5", "--output", "o.mp4"],
+            stabilize: ["--input", "clip", "--output", "o.mp4"]}
+    for tool, argv in base.items():
+        assert tool.parse_args(argv).backend == "dis"
+        assert tool.parse_args(argv + ["--ckpt", "model.pth"]).backend == "protoformer"
+        assert tool.parse_args(argv + ["--config", "model.yaml"]).backend == "protoformer"
+        assert tool.parse_args(argv + ["--backend", "farneback"]).backend == "farneback"
