@@ -14,8 +14,10 @@ import demo
 from core.config import load_config
 from core.data import formats
 from core.inference import FlowEstimator
+from core.metrics import flow_metrics
 from core.model import atomic_save, build_model
 from core.model.checkpoint import WEIGHTS_FORMAT
+from scripts import make_demo_sample
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (36, 52)  # H, W; not multiples of 8
@@ -181,3 +183,19 @@ def test_official_release_checkpoint_through_the_cli(fixtures_dir, tmp_path):
     flow = formats.read_flo(out / "a.flo")
     expected = golden["outputs"]["flow_up"][0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(flow, expected, atol=1e-4, rtol=0)
+
+
+def test_the_shipped_checkpoint_recovers_the_bundled_sample_flow(tmp_path):
+    """The trained default checkpoint, without ../shared: its flow on the bundled sample is close to the exact one
+    (README: EPE 2.88 px; zero flow scores 9.16), which a wrong sign, a broken attention or a bad load would miss."""
+    if not core.inference.DEFAULT_CHECKPOINT_PATH.is_file():
+        pytest.skip(f"no shipped checkpoint at {core.inference.DEFAULT_CHECKPOINT_PATH}")
+    assert make_demo_sample.main(["--with-gt", "--output", str(tmp_path)]) == 0
+    image1, image2 = (formats.read_image(tmp_path / name) for name in ("frame_0001.png", "frame_0002.png"))
+    bundled = [formats.read_image(REPO / "assets" / "demo" / name) for name in ("frame_0001.png", "frame_0002.png")]
+    assert all(np.array_equal(a, b) for a, b in zip((image1, image2), bundled))  # the re-rendered sample is bundled
+    flow = FlowEstimator.from_checkpoint(device="cpu").predict(image1, image2)
+    truth = torch.from_numpy(formats.read_flo(tmp_path / "flow_gt.flo")).permute(2, 0, 1)[None]
+    metrics = flow_metrics(torch.from_numpy(flow).permute(2, 0, 1)[None], truth)
+    zero = flow_metrics(torch.zeros_like(truth), truth)
+    assert metrics["epe"] < 4.0 and metrics["epe"] < 0.4 * zero["epe"], (metrics, zero)
