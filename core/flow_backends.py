@@ -37,6 +37,13 @@ def choose_backend(backend: str | None, ckpt: str | Path | None = None, config: 
     return "protoformer" if ckpt is not None or config is not None else TOOL_DEFAULT_BACKEND
 
 
+def describe_backend(name: str) -> str:
+    """One log line naming the backend a tool runs, with how to get the ProtoFormer model when it is another."""
+    if name == "protoformer":
+        return "flow backend: protoformer"
+    return f"flow backend: {name} (for the ProtoFormer model: --backend protoformer, or --ckpt)"
+
+
 def _check_pair(image1: np.ndarray, image2: np.ndarray) -> None:
     for name, image in (("image1", image1), ("image2", image2)):
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:

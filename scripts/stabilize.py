@@ -67,7 +67,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from core.flow_backends import (  # noqa: E402
-    BACKENDS, TOOL_DEFAULT_BACKEND, FlowFn, choose_backend, make_flow_backend)
+    BACKENDS, TOOL_DEFAULT_BACKEND, FlowFn, choose_backend, describe_backend, make_flow_backend)
 from core.utils.atomic import atomic_path, atomic_write_text  # noqa: E402
 from core.video import FrameSource, VideoError, VideoWriter, open_frames  # noqa: E402
 
@@ -685,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         source = open_frames(args.input, max_frames=args.max_frames)
         logger.info(f"input: {source.kind} {source.path} ({source.width}x{source.height}, "
                     f"{source.frame_count or 'unknown number of'} frames at {source.fps:.3g} fps)")
+        logger.info(describe_backend(args.backend))
         flow_fn = make_flow_backend(args.backend, ckpt=args.ckpt, config=args.config, device=args.device,
                                     max_side=args.max_side)
         flow_scale = max(1.0, max(source.height, source.width) / args.max_side) if args.max_side else 1.0
