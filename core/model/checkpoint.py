@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from loguru import logger
@@ -141,6 +141,16 @@ def _load_failure(path: Path, err: Exception) -> str:
     return f"cannot be read as a torch checkpoint, truncated or corrupt? ({first})"
 
 
+# Top-level modules a model builds or not depending on model.type (flow, depth, joint); the heads among them.
+TYPE_SPECIFIC_PARTS = frozenset({"flow_decoder", "depth_decoder", "feature_encoder", "cost_memory"})
+HEADS = frozenset({"flow_decoder", "depth_decoder"})
+
+
+def _parts(keys: Iterable[str]) -> set[str]:
+    """The top-level module names of state-dict keys."""
+    return {key.split(".")[0] for key in keys}
+
+
 def load_weights(model: nn.Module, checkpoint: str | Path | Mapping[str, Any], *,
                  fresh_heads: bool = False) -> nn.Module:
     """Load weights from a path or an in-memory checkpoint into ``model`` (strictly) and return the model.
@@ -155,14 +165,13 @@ def load_weights(model: nn.Module, checkpoint: str | Path | Mapping[str, Any], *
     raw = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, Path)) else checkpoint
     state_dict = extract_state_dict(raw, source)
     target = model.state_dict()
-    absent_heads = sorted({k.split(".")[0] for k in state_dict} - {k.split(".")[0] for k in target})
-    skippable = {"flow_decoder", "depth_decoder", "feature_encoder", "cost_memory"}
-    if absent_heads and set(absent_heads) <= skippable:
+    model_parts = _parts(target)
+    absent_heads = sorted(_parts(state_dict) - model_parts)
+    if absent_heads and set(absent_heads) <= TYPE_SPECIFIC_PARTS:
         logger.info(f"{source}: skipping {', '.join(absent_heads)} (not part of this model type)")
         state_dict = {k: v for k, v in state_dict.items() if k.split(".")[0] not in absent_heads}
     if fresh_heads:
-        new_heads = sorted(({k.split(".")[0] for k in target} - {k.split(".")[0] for k in state_dict})
-                           & {"flow_decoder", "depth_decoder"})
+        new_heads = sorted((model_parts - _parts(state_dict)) & HEADS)
         if new_heads:
             logger.warning(f"{source} has no {', '.join(new_heads)}: it keeps its random initialisation")
             state_dict = {**state_dict, **{k: v for k, v in target.items() if k.split(".")[0] in new_heads}}
