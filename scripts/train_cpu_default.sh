@@ -1,5 +1,5 @@
 #!/usr/bin/env sh
-# Reproduces the shipped default checkpoint: protoformer-s on the built-in synthetic data, on a CPU, in five stages
+# Reproduces the shipped default checkpoint: protoformer-s on the built-in synthetic data, on a CPU, in six stages
 # (an easy-to-hard curriculum):
 #   1. configs/cpu_default.yaml      motions up to 48 px, photometric 0.3, paused at step 500 of its long schedule
 #   2. configs/cpu_default_ft.yaml   from stage 1's weights: motions up to 72 px, photometric 0.5, 1200 steps that
@@ -10,8 +10,14 @@
 #                                    1300 steps that anneal the learning rate to zero
 #   5. configs/cpu_default_ft4.yaml  from stage 4's weights: new samples of stage 4's distribution, 2400 steps that
 #                                    anneal the learning rate to zero again
-# Resumable: run it again to continue an interrupted stage. At the end the mean of the weights of stage 5's last 7
-# checkpoints (steps 1800-2400) is exported (fp16, inferring with 12 refinement iterations; training used 6)
+#   6. configs/cpu_default_ft5.yaml  from the mean of the weights of stage 5's last 7 checkpoints (exported to
+#                                    WORK_DIR/stage5/average.pth): half of the layers painted with real video
+#                                    frames (datasets/textures_videos), 2000 annealed steps
+# Stage 6's textures are frames of OpenCV's sample clips megamind.avi, tree.avi and vtest.avi, read from $VIDEOS
+# (default: $PROTOFORMER_SHARED/realdata/videos, else ../shared/realdata/videos; Debian's opencv-doc package has
+# them too) and written by scripts/extract_frames.py, unless datasets/textures_videos already holds images.
+# Resumable: run it again to continue an interrupted stage. At the end the mean of the weights of stage 6's last 7
+# checkpoints (steps 1400-2000) is exported (fp16, inferring with 12 refinement iterations; training used 6)
 # to checkpoints/protoformer-s-synthetic.pth with their config beside it (this replaces the shipped file).
 #
 #   sh ./scripts/train_cpu_default.sh [WORK_DIR]          # default work dir: runs/cpu_default
@@ -19,25 +25,36 @@ set -eu
 WORK=${1:-runs/cpu_default}
 PYTHON=${PYTHON:-python}
 
-# stage NAME CONFIG FROM_STAGE [train.py options]: resume NAME if it has a checkpoint, else start it from CONFIG
-# (with FROM_STAGE's latest weights unless FROM_STAGE is empty).
+# stage NAME CONFIG WEIGHTS [train.py options]: resume NAME if it has a checkpoint, else start it from CONFIG
+# (with the weights of the file WEIGHTS unless it is empty).
 stage() {
-    name=$1 config=$2 from=$3
+    name=$1 config=$2 weights=$3
     shift 3
     if [ -f "$WORK/$name/checkpoints/latest.pth" ]; then
         $PYTHON train.py --work-dir "$WORK/$name" --resume "$@"
-    elif [ -z "$from" ]; then
+    elif [ -z "$weights" ]; then
         $PYTHON train.py --config "$config" --work-dir "$WORK/$name" "$@"
     else
         $PYTHON train.py --config "$config" --work-dir "$WORK/$name" "$@" \
-            train.restore_ckpt "$WORK/$from/checkpoints/latest.pth"
+            train.restore_ckpt "$weights"
     fi
 }
 
+# average STAGE OUT: export the mean of the weights of STAGE's last 7 checkpoints to OUT (fp16, 12 iterations).
+average() {
+    $PYTHON train.py --work-dir "$WORK/$1" --export "$2" --fp16 --average 7 model.iters 12
+}
+
 stage stage1 configs/cpu_default.yaml "" --stop-at 500
-stage stage2 configs/cpu_default_ft.yaml stage1
-stage stage3 configs/cpu_default_ft2.yaml stage2 --stop-at 1400
-stage stage4 configs/cpu_default_ft3.yaml stage3
-stage stage5 configs/cpu_default_ft4.yaml stage4
-$PYTHON train.py --work-dir "$WORK/stage5" --export checkpoints/protoformer-s-synthetic.pth --fp16 --average 7 \
-    model.iters 12
+stage stage2 configs/cpu_default_ft.yaml "$WORK/stage1/checkpoints/latest.pth"
+stage stage3 configs/cpu_default_ft2.yaml "$WORK/stage2/checkpoints/latest.pth" --stop-at 1400
+stage stage4 configs/cpu_default_ft3.yaml "$WORK/stage3/checkpoints/latest.pth"
+stage stage5 configs/cpu_default_ft4.yaml "$WORK/stage4/checkpoints/latest.pth"
+[ -f "$WORK/stage6/checkpoints/latest.pth" ] || average stage5 "$WORK/stage5/average.pth"
+VIDEOS=${VIDEOS:-${PROTOFORMER_SHARED:-../shared}/realdata/videos}
+if [ -z "$(ls datasets/textures_videos 2>/dev/null)" ]; then
+    $PYTHON scripts/extract_frames.py "$VIDEOS/megamind.avi" "$VIDEOS/tree.avi" "$VIDEOS/vtest.avi" --every 9 4 40 \
+        --out datasets/textures_videos
+fi
+stage stage6 configs/cpu_default_ft5.yaml "$WORK/stage5/average.pth"
+average stage6 checkpoints/protoformer-s-synthetic.pth

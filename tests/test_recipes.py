@@ -44,19 +44,25 @@ def test_train_standard_chains_the_stages_and_resumes_where_it_stopped(tmp_path)
                                                                         (False, True), (False, True)]
 
 
-def test_train_cpu_default_runs_five_stages_then_exports(tmp_path):
+def test_train_cpu_default_runs_six_stages_then_exports(tmp_path):
     work = tmp_path / "work"
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work))
     configs = [c.split("--config ")[1].split()[0] for c in calls if "--config" in c]
     assert configs == ["configs/cpu_default.yaml", "configs/cpu_default_ft.yaml", "configs/cpu_default_ft2.yaml",
-                       "configs/cpu_default_ft3.yaml", "configs/cpu_default_ft4.yaml"]
+                       "configs/cpu_default_ft3.yaml", "configs/cpu_default_ft4.yaml", "configs/cpu_default_ft5.yaml"]
     assert calls[0] == f"train.py --config configs/cpu_default.yaml --work-dir {work}/stage1 --stop-at 500"
     assert "--stop-at 1400" in calls[2] and all("--stop-at" not in c for c in calls[3:])
     for index in range(1, 5):
         assert calls[index].endswith(f"--work-dir {work}/stage{index + 1}" + (" --stop-at 1400" if index == 2 else "")
                                      + f" train.restore_ckpt {work}/stage{index}/checkpoints/latest.pth")
-    assert calls[-1] == (f"train.py --work-dir {work}/stage5 --export checkpoints/protoformer-s-synthetic.pth "
-                         "--fp16 --average 7 model.iters 12")
+    average = "--fp16 --average 7 model.iters 12"
+    assert calls[5] == f"train.py --work-dir {work}/stage5 --export {work}/stage5/average.pth {average}"
+    videos = os.environ.get("VIDEOS") or f"{os.environ.get('PROTOFORMER_SHARED') or '../shared'}/realdata/videos"
+    assert calls[6] == (f"scripts/extract_frames.py {videos}/megamind.avi {videos}/tree.avi {videos}/vtest.avi "
+                        "--every 9 4 40 --out datasets/textures_videos")
+    assert calls[7].endswith(f"--work-dir {work}/stage6 train.restore_ckpt {work}/stage5/average.pth")
+    assert calls[8] == f"train.py --work-dir {work}/stage6 --export checkpoints/protoformer-s-synthetic.pth {average}"
+    assert len(calls) == 9
 
     (tmp_path / "calls.txt").unlink()
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=("stage1", "stage2", "stage3"))
@@ -64,3 +70,10 @@ def test_train_cpu_default_runs_five_stages_then_exports(tmp_path):
     assert calls[2] == f"train.py --work-dir {work}/stage3 --resume --stop-at 1400"
     assert "--config configs/cpu_default_ft3.yaml" in calls[3] and "stage3/checkpoints/latest.pth" in calls[3]
     assert "--config configs/cpu_default_ft4.yaml" in calls[4] and "stage4/checkpoints/latest.pth" in calls[4]
+
+    (tmp_path / "calls.txt").unlink()  # stage 6 under way: resumed, stage 5's average is not exported again
+    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=("stage4", "stage5", "stage6"))
+    assert calls[-2:] == [f"train.py --work-dir {work}/stage6 --resume",
+                          f"train.py --work-dir {work}/stage6 --export checkpoints/protoformer-s-synthetic.pth "
+                          f"{average}"]
+    assert not any("stage5/average.pth" in c for c in calls)
