@@ -12,10 +12,11 @@
 #                                    anneal the learning rate to zero again
 #   6. configs/cpu_default_ft5.yaml  from the mean of the weights of stage 5's last 7 checkpoints (exported to
 #                                    WORK_DIR/stage5/average.pth): half of the layers painted with real video
-#                                    frames (datasets/textures_videos), 2000 annealed steps
+#                                    frames ($TEXTURES), 2000 annealed steps
 # Stage 6's textures are frames of OpenCV's sample clips megamind.avi, tree.avi and vtest.avi, read from $VIDEOS
 # (default: $PROTOFORMER_SHARED/realdata/videos, else ../shared/realdata/videos; Debian's opencv-doc package has
-# them too) and written by scripts/extract_frames.py, unless datasets/textures_videos already holds images.
+# them too) and written by scripts/extract_frames.py to $TEXTURES (default: datasets/textures_videos, the folder
+# configs/cpu_default_ft5.yaml names), unless that folder already holds files.
 # Resumable: run it again to continue an interrupted stage. At the end the mean of the weights of stage 6's last 7
 # checkpoints (steps 1400-2000) is exported (fp16, inferring with 12 refinement iterations; training used 6)
 # to checkpoints/protoformer-s-synthetic.pth with their config beside it (this replaces the shipped file).
@@ -52,9 +53,10 @@ stage stage4 configs/cpu_default_ft3.yaml "$WORK/stage3/checkpoints/latest.pth"
 stage stage5 configs/cpu_default_ft4.yaml "$WORK/stage4/checkpoints/latest.pth"
 [ -f "$WORK/stage6/checkpoints/latest.pth" ] || average stage5 "$WORK/stage5/average.pth"
 VIDEOS=${VIDEOS:-${PROTOFORMER_SHARED:-../shared}/realdata/videos}
-if [ -z "$(ls datasets/textures_videos 2>/dev/null)" ]; then
+TEXTURES=${TEXTURES:-datasets/textures_videos}
+if [ -z "$(ls "$TEXTURES" 2>/dev/null)" ]; then
     $PYTHON scripts/extract_frames.py "$VIDEOS/megamind.avi" "$VIDEOS/tree.avi" "$VIDEOS/vtest.avi" --every 9 4 40 \
-        --out datasets/textures_videos
+        --out "$TEXTURES"
 fi
-stage stage6 configs/cpu_default_ft5.yaml "$WORK/stage5/average.pth"
+stage stage6 configs/cpu_default_ft5.yaml "$WORK/stage5/average.pth" synthetic.texture_dir "$TEXTURES"
 average stage6 checkpoints/protoformer-s-synthetic.pth

@@ -14,8 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
 
 
-def run_recipe(tmp_path: Path, script: str, *args: str, done: tuple[str, ...] = ()) -> list[str]:
-    """Run ``scripts/<script>`` with PYTHON = a recorder; ``done`` stages already have a latest.pth."""
+def run_recipe(tmp_path: Path, script: str, *args: str, done: tuple[str, ...] = (),
+               env: dict[str, str] | None = None) -> list[str]:
+    """Run ``scripts/<script>`` with PYTHON = a recorder (and ``env`` added); ``done`` stages already have a
+    latest.pth."""
     log = tmp_path / "calls.txt"
     recorder = tmp_path / "python"
     recorder.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\n')
@@ -23,7 +25,7 @@ def run_recipe(tmp_path: Path, script: str, *args: str, done: tuple[str, ...] = 
     for stage in done:
         (tmp_path / "work" / stage / "checkpoints").mkdir(parents=True)
         (tmp_path / "work" / stage / "checkpoints" / "latest.pth").write_bytes(b"")
-    env = {**os.environ, "PYTHON": str(recorder)}
+    env = {**os.environ, "PYTHON": str(recorder), **(env or {})}
     subprocess.run(["sh", str(REPO / "scripts" / script), *args], cwd=REPO, env=env, check=True,
                    capture_output=True, timeout=60)
     return log.read_text().splitlines()
@@ -46,7 +48,10 @@ def test_train_standard_chains_the_stages_and_resumes_where_it_stopped(tmp_path)
 
 def test_train_cpu_default_runs_six_stages_then_exports(tmp_path):
     work = tmp_path / "work"
-    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work))
+    textures = tmp_path / "textures"  # missing: the recipe extracts the video frames into it
+    videos = tmp_path / "videos"
+    env = {"TEXTURES": str(textures), "VIDEOS": str(videos)}
+    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), env=env)
     configs = [c.split("--config ")[1].split()[0] for c in calls if "--config" in c]
     assert configs == ["configs/cpu_default.yaml", "configs/cpu_default_ft.yaml", "configs/cpu_default_ft2.yaml",
                        "configs/cpu_default_ft3.yaml", "configs/cpu_default_ft4.yaml", "configs/cpu_default_ft5.yaml"]
@@ -57,23 +62,26 @@ def test_train_cpu_default_runs_six_stages_then_exports(tmp_path):
                                      + f" train.restore_ckpt {work}/stage{index}/checkpoints/latest.pth")
     average = "--fp16 --average 7 model.iters 12"
     assert calls[5] == f"train.py --work-dir {work}/stage5 --export {work}/stage5/average.pth {average}"
-    videos = os.environ.get("VIDEOS") or f"{os.environ.get('PROTOFORMER_SHARED') or '../shared'}/realdata/videos"
     assert calls[6] == (f"scripts/extract_frames.py {videos}/megamind.avi {videos}/tree.avi {videos}/vtest.avi "
-                        "--every 9 4 40 --out datasets/textures_videos")
-    assert calls[7].endswith(f"--work-dir {work}/stage6 train.restore_ckpt {work}/stage5/average.pth")
+                        f"--every 9 4 40 --out {textures}")
+    assert calls[7].endswith(f"--work-dir {work}/stage6 synthetic.texture_dir {textures} "
+                             f"train.restore_ckpt {work}/stage5/average.pth")
     assert calls[8] == f"train.py --work-dir {work}/stage6 --export checkpoints/protoformer-s-synthetic.pth {average}"
     assert len(calls) == 9
 
     (tmp_path / "calls.txt").unlink()
-    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=("stage1", "stage2", "stage3"))
+    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=("stage1", "stage2", "stage3"), env=env)
     assert calls[0] == f"train.py --work-dir {work}/stage1 --resume --stop-at 500"
     assert calls[2] == f"train.py --work-dir {work}/stage3 --resume --stop-at 1400"
     assert "--config configs/cpu_default_ft3.yaml" in calls[3] and "stage3/checkpoints/latest.pth" in calls[3]
     assert "--config configs/cpu_default_ft4.yaml" in calls[4] and "stage4/checkpoints/latest.pth" in calls[4]
 
-    (tmp_path / "calls.txt").unlink()  # stage 6 under way: resumed, stage 5's average is not exported again
-    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=("stage4", "stage5", "stage6"))
-    assert calls[-2:] == [f"train.py --work-dir {work}/stage6 --resume",
+    (tmp_path / "calls.txt").unlink()  # stage 6 under way: resumed, stage 5's average and the frames not made again
+    textures.mkdir()
+    (textures / "megamind_0000.png").write_bytes(b"")
+    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=("stage4", "stage5", "stage6"), env=env)
+    assert not any("extract_frames.py" in c for c in calls)
+    assert calls[-2:] == [f"train.py --work-dir {work}/stage6 --resume synthetic.texture_dir {textures}",
                           f"train.py --work-dir {work}/stage6 --export checkpoints/protoformer-s-synthetic.pth "
                           f"{average}"]
     assert not any("stage5/average.pth" in c for c in calls)
