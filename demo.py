@@ -3,7 +3,7 @@
     python demo.py                                          # bundled sample frames, default checkpoint
     python demo.py --input a.png b.png --output out --save-flo          # out/a_flow.png, out/a_pair.png, out/a.flo
     python demo.py --input frames/ --output out             # every consecutive pair of a folder + out/frames_flow.mp4
-    python demo.py --input clip.mp4 --output out --tile     # a video, read frame by frame; tiled for large frames
+    python demo.py --input clip.mp4 --output out            # a video, read frame by frame (large frames tiled)
     python demo.py --input a.png b.png --depth --ckpt runs/joint/checkpoints/best.pth   # + depth PNG / .npy
 
 For every consecutive pair (frame1, frame2) it writes ``<stem>_flow.png`` (Middlebury colour wheel: hue =

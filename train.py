@@ -4,7 +4,8 @@
     torchrun --nproc_per_node=4 train.py --config configs/sintel.yaml --work-dir runs/sintel
     python train.py --work-dir runs/sintel --resume                 # continue where the run stopped
     python train.py --work-dir runs/sintel --export sintel.pth      # weights-only file of best.pth (or latest.pth)
-    python train.py --work-dir runs/sintel --export sintel.pth --average 6   # ... of the mean of the last 6 step_*.pth
+    python train.py --work-dir runs/sintel --export sintel.pth --average 3   # ... of the mean of the last 3 step_*.pth
+                                                                    # (train.keep_last, default 3, are kept)
 
 The recipe is RAFT's, every number from the config: sequence loss ``sum_i gamma^(N-i-1) |f_i - f_gt|`` without the
 pixels whose ground truth exceeds ``train.max_flow`` (:mod:`core.losses`; SILog for the depth head, both summed

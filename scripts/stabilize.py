@@ -1,7 +1,7 @@
 """Video stabilisation driven by dense optical flow: flow -> camera path -> Gaussian smoothing -> warp and crop.
 
-    python scripts/stabilize.py --input shaky.mp4 --output stable.mp4                      # ProtoFormer flow
-    python scripts/stabilize.py --input frames/ --output stable.mp4 --backend dis --smooth 15
+    python scripts/stabilize.py --input shaky.mp4 --output stable.mp4                      # DIS flow (the default)
+    python scripts/stabilize.py --input frames/ --output stable.mp4 --backend protoformer --smooth 15   # the model
     python scripts/stabilize.py --input big.mp4 --output stable.mp4 --max-side 512 --crop 0.8
 
 Writes OUT.mp4 (stabilised), OUT_side_by_side.mp4 (input | stabilised), OUT_path.png (raw and smoothed camera

@@ -335,3 +335,26 @@ def test_difficulty_scales_motion_and_layers():
     easy, hard = statistics(0.0), statistics(1.0)
     assert easy[0] < hard[0]
     assert easy[1] < hard[1]
+
+
+def test_validation_without_the_texture_folder_falls_back_to_procedural_textures(tmp_path, messages):
+    """A checkpoint's stored config names the texture folder it was trained with; a fresh checkout lacks it.
+    Validation then warns and uses procedural textures (the same pairs as with no texture folder); training still
+    raises, since there the textures are the point."""
+    from core.config import with_overrides
+    from core.data.loader import build_train_dataset, build_val_dataset
+
+    cfg = with_overrides(_cfg(), ["synthetic.texture_dir", str(tmp_path / "missing"), "data.train_sets", "['synthetic']"])
+    procedural = build_val_dataset(with_overrides(cfg, ["synthetic.texture_dir", ""]), "synthetic")
+    fallback = build_val_dataset(cfg, "synthetic")
+    assert fallback.params.texture_paths == () and len(fallback) == 2
+    torch.testing.assert_close(fallback[1]["image1"], procedural[1]["image1"], rtol=0, atol=0)
+    assert any("synthetic.texture_dir" in m and "missing" in m and "procedural" in m for m in messages)
+    depth = build_val_dataset(cfg, "synthetic_depth")
+    assert depth.source.params.texture_paths == ()
+    with pytest.raises(FileNotFoundError, match="texture_dir"):
+        build_train_dataset(cfg)
+
+    cv2.imwrite(str(tmp_path / "texture.png"), np.full((40, 50, 3), 128, np.uint8))
+    present = build_val_dataset(with_overrides(cfg, ["synthetic.texture_dir", str(tmp_path)]), "synthetic")
+    assert present.params.texture_paths == (str(tmp_path / "texture.png"),)

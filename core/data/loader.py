@@ -33,6 +33,7 @@ from typing import Sequence
 from loguru import logger
 from torch.utils.data import ConcatDataset, Dataset
 
+from core.config import with_overrides
 from core.data.augment import FlowAugmentor, SparseFlowAugmentor
 from core.data.datasets import HD1K, KITTI, DatasetNotFoundError, FlyingChairs, FlyingThings3D, MpiSintel, repeat
 from core.data.depth_datasets import (
@@ -181,11 +182,28 @@ def build_train_dataset(cfg) -> Dataset:
     return mixture
 
 
+def _without_missing_textures(cfg, name: str):
+    """``cfg`` with ``synthetic.texture_dir`` cleared, with a warning, if a synthetic set's texture folder is missing.
+
+    A checkpoint's stored config names the texture folder it was trained with (e.g. ``datasets/textures_videos``),
+    which a fresh checkout does not have; validating on procedural textures then beats failing. Training still
+    raises (``find_texture_images``), since there the textures are the point.
+    """
+    texture_dir = cfg.synthetic.texture_dir
+    if not name.startswith("synthetic") or not texture_dir or Path(texture_dir).is_dir():
+        return cfg
+    logger.warning(f"{name}: synthetic.texture_dir {texture_dir} does not exist, so this validation set uses "
+                   f"procedural textures only (its numbers differ from those with the images); pass "
+                   f"synthetic.texture_dir FOLDER to use them, or synthetic.texture_dir '' to silence this")
+    return with_overrides(cfg, ["synthetic.texture_dir", ""])
+
+
 def build_val_dataset(cfg, name: str) -> Dataset:
     """A validation set without augmentation (RAFT's choices: Chairs validation split, Things TEST, Sintel and
     KITTI training, HD1K training, procedural ``val`` split; depth sets as in the module docstring)."""
     if name not in VAL_SETS:
         raise ValueError(f"unknown validation set '{name}', expected one of {VAL_SETS}")
+    cfg = _without_missing_textures(cfg, name)
     check_roots(cfg, [name])
     if is_depth_set(name):
         return _make_depth_set(cfg, name, training=False, augmentor=None)
