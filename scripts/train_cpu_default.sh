@@ -1,5 +1,5 @@
 #!/usr/bin/env sh
-# Reproduces the shipped default checkpoint: protoformer-s on the built-in synthetic data, on a CPU, in six stages
+# Reproduces the shipped default checkpoint: protoformer-s on the built-in synthetic data, on a CPU, in seven stages
 # (an easy-to-hard curriculum):
 #   1. configs/cpu_default.yaml      motions up to 48 px, photometric 0.3, paused at step 500 of its long schedule
 #   2. configs/cpu_default_ft.yaml   from stage 1's weights: motions up to 72 px, photometric 0.5, 1200 steps that
@@ -13,12 +13,17 @@
 #   6. configs/cpu_default_ft5.yaml  from the mean of the weights of stage 5's last 7 checkpoints (exported to
 #                                    WORK_DIR/stage5/average.pth): half of the layers painted with real video
 #                                    frames ($TEXTURES), 2000 annealed steps
-# Stage 6's textures are frames of OpenCV's sample clips megamind.avi, tree.avi and vtest.avi, read from $VIDEOS
+#   7. configs/cpu_default_ft6.yaml  from the mean of the weights of stage 6's last 7 checkpoints (exported to
+#                                    WORK_DIR/stage6/average.pth): 80 % of the layers painted with more video
+#                                    frames ($TEXTURES_DENSE), 1800 annealed steps
+# The textures of stages 6 and 7 are frames of OpenCV's sample clips megamind.avi, tree.avi and vtest.avi, read from $VIDEOS
 # (default: $PROTOFORMER_SHARED/realdata/videos, else ../shared/realdata/videos; Debian's opencv-doc package has
 # them too) and written by scripts/extract_frames.py to $TEXTURES (default: datasets/textures_videos, the folder
-# configs/cpu_default_ft5.yaml names), unless that folder already holds files.
-# Resumable: run it again to continue an interrupted stage. At the end the mean of the weights of stage 6's last 7
-# checkpoints (steps 1400-2000) is exported (fp16, inferring with 12 refinement iterations; training used 6)
+# configs/cpu_default_ft5.yaml names; every 9th, 4th and 40th frame) and $TEXTURES_DENSE (default:
+# datasets/textures_videos_dense, named by configs/cpu_default_ft6.yaml; every 3rd, 2nd and 20th frame), unless the
+# folder already holds files.
+# Resumable: run it again to continue an interrupted stage. At the end the mean of the weights of stage 7's last 7
+# checkpoints (steps 1200-1800) is exported (fp16, inferring with 12 refinement iterations; training used 6)
 # to checkpoints/protoformer-s-synthetic.pth with their config beside it (this replaces the shipped file).
 #
 #   sh ./scripts/train_cpu_default.sh [WORK_DIR]          # default work dir: runs/cpu_default
@@ -54,9 +59,19 @@ stage stage5 configs/cpu_default_ft4.yaml "$WORK/stage4/checkpoints/latest.pth"
 [ -f "$WORK/stage6/checkpoints/latest.pth" ] || average stage5 "$WORK/stage5/average.pth"
 VIDEOS=${VIDEOS:-${PROTOFORMER_SHARED:-../shared}/realdata/videos}
 TEXTURES=${TEXTURES:-datasets/textures_videos}
-if [ -z "$(ls "$TEXTURES" 2>/dev/null)" ]; then
-    $PYTHON scripts/extract_frames.py "$VIDEOS/megamind.avi" "$VIDEOS/tree.avi" "$VIDEOS/vtest.avi" --every 9 4 40 \
-        --out "$TEXTURES"
-fi
+TEXTURES_DENSE=${TEXTURES_DENSE:-datasets/textures_videos_dense}
+
+# frames OUT EVERY_MEGAMIND EVERY_TREE EVERY_VTEST: extract the sample clips' frames into OUT unless it holds files.
+frames() {
+    if [ -z "$(ls "$1" 2>/dev/null)" ]; then
+        $PYTHON scripts/extract_frames.py "$VIDEOS/megamind.avi" "$VIDEOS/tree.avi" "$VIDEOS/vtest.avi" \
+            --every "$2" "$3" "$4" --out "$1"
+    fi
+}
+
+frames "$TEXTURES" 9 4 40
 stage stage6 configs/cpu_default_ft5.yaml "$WORK/stage5/average.pth" synthetic.texture_dir "$TEXTURES"
-average stage6 checkpoints/protoformer-s-synthetic.pth
+[ -f "$WORK/stage7/checkpoints/latest.pth" ] || average stage6 "$WORK/stage6/average.pth"
+frames "$TEXTURES_DENSE" 3 2 20
+stage stage7 configs/cpu_default_ft6.yaml "$WORK/stage6/average.pth" synthetic.texture_dir "$TEXTURES_DENSE"
+average stage7 checkpoints/protoformer-s-synthetic.pth

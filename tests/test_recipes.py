@@ -46,28 +46,34 @@ def test_train_standard_chains_the_stages_and_resumes_where_it_stopped(tmp_path)
                                                                         (False, True), (False, True)]
 
 
-def test_train_cpu_default_runs_six_stages_then_exports(tmp_path):
+def test_train_cpu_default_runs_seven_stages_then_exports(tmp_path):
     work = tmp_path / "work"
-    textures = tmp_path / "textures"  # missing: the recipe extracts the video frames into it
+    textures, dense = tmp_path / "textures", tmp_path / "dense"  # missing: the recipe extracts the frames into them
     videos = tmp_path / "videos"
-    env = {"TEXTURES": str(textures), "VIDEOS": str(videos)}
+    env = {"TEXTURES": str(textures), "TEXTURES_DENSE": str(dense), "VIDEOS": str(videos)}
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), env=env)
     configs = [c.split("--config ")[1].split()[0] for c in calls if "--config" in c]
     assert configs == ["configs/cpu_default.yaml", "configs/cpu_default_ft.yaml", "configs/cpu_default_ft2.yaml",
-                       "configs/cpu_default_ft3.yaml", "configs/cpu_default_ft4.yaml", "configs/cpu_default_ft5.yaml"]
+                       "configs/cpu_default_ft3.yaml", "configs/cpu_default_ft4.yaml", "configs/cpu_default_ft5.yaml",
+                       "configs/cpu_default_ft6.yaml"]
     assert calls[0] == f"train.py --config configs/cpu_default.yaml --work-dir {work}/stage1 --stop-at 500"
     assert "--stop-at 1400" in calls[2] and all("--stop-at" not in c for c in calls[3:])
     for index in range(1, 5):
         assert calls[index].endswith(f"--work-dir {work}/stage{index + 1}" + (" --stop-at 1400" if index == 2 else "")
                                      + f" train.restore_ckpt {work}/stage{index}/checkpoints/latest.pth")
     average = "--fp16 --average 7 model.iters 12"
-    assert calls[5] == f"train.py --work-dir {work}/stage5 --export {work}/stage5/average.pth {average}"
-    assert calls[6] == (f"scripts/extract_frames.py {videos}/megamind.avi {videos}/tree.avi {videos}/vtest.avi "
-                        f"--every 9 4 40 --out {textures}")
-    assert calls[7].endswith(f"--work-dir {work}/stage6 synthetic.texture_dir {textures} "
-                             f"train.restore_ckpt {work}/stage5/average.pth")
-    assert calls[8] == f"train.py --work-dir {work}/stage6 --export checkpoints/protoformer-s-synthetic.pth {average}"
-    assert len(calls) == 9
+    clips = f"{videos}/megamind.avi {videos}/tree.avi {videos}/vtest.avi"
+    assert calls[5:] == [
+        f"train.py --work-dir {work}/stage5 --export {work}/stage5/average.pth {average}",
+        f"scripts/extract_frames.py {clips} --every 9 4 40 --out {textures}",
+        f"train.py --config configs/cpu_default_ft5.yaml --work-dir {work}/stage6 synthetic.texture_dir {textures} "
+        f"train.restore_ckpt {work}/stage5/average.pth",
+        f"train.py --work-dir {work}/stage6 --export {work}/stage6/average.pth {average}",
+        f"scripts/extract_frames.py {clips} --every 3 2 20 --out {dense}",
+        f"train.py --config configs/cpu_default_ft6.yaml --work-dir {work}/stage7 synthetic.texture_dir {dense} "
+        f"train.restore_ckpt {work}/stage6/average.pth",
+        f"train.py --work-dir {work}/stage7 --export checkpoints/protoformer-s-synthetic.pth {average}",
+    ]
 
     (tmp_path / "calls.txt").unlink()
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=("stage1", "stage2", "stage3"), env=env)
@@ -76,12 +82,15 @@ def test_train_cpu_default_runs_six_stages_then_exports(tmp_path):
     assert "--config configs/cpu_default_ft3.yaml" in calls[3] and "stage3/checkpoints/latest.pth" in calls[3]
     assert "--config configs/cpu_default_ft4.yaml" in calls[4] and "stage4/checkpoints/latest.pth" in calls[4]
 
-    (tmp_path / "calls.txt").unlink()  # stage 6 under way: resumed, stage 5's average and the frames not made again
-    textures.mkdir()
-    (textures / "megamind_0000.png").write_bytes(b"")
-    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=("stage4", "stage5", "stage6"), env=env)
+    (tmp_path / "calls.txt").unlink()  # stage 7 under way: resumed, the averages and the frames not made again
+    for folder in (textures, dense):
+        folder.mkdir()
+        (folder / "megamind_0000.png").write_bytes(b"")
+    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
+                       done=("stage4", "stage5", "stage6", "stage7"), env=env)
     assert not any("extract_frames.py" in c for c in calls)
-    assert calls[-2:] == [f"train.py --work-dir {work}/stage6 --resume synthetic.texture_dir {textures}",
-                          f"train.py --work-dir {work}/stage6 --export checkpoints/protoformer-s-synthetic.pth "
+    assert calls[-3:] == [f"train.py --work-dir {work}/stage6 --resume synthetic.texture_dir {textures}",
+                          f"train.py --work-dir {work}/stage7 --resume synthetic.texture_dir {dense}",
+                          f"train.py --work-dir {work}/stage7 --export checkpoints/protoformer-s-synthetic.pth "
                           f"{average}"]
-    assert not any("stage5/average.pth" in c for c in calls)
+    assert not any("average.pth" in c for c in calls)
