@@ -26,7 +26,9 @@ A checkpoint holds the model (no ``module.`` prefix), optimizer, scheduler, Grad
 every rank and the config, so ``--resume`` continues exactly: the data order and augmentation are functions of
 (seed, epoch, sample) (:class:`core.utils.distributed.ResumableDistributedSampler`), and on a CPU with
 ``--deterministic`` a resumed run ends with the same weights, bit for bit, as one that was never interrupted.
-SIGINT / SIGTERM finish the current step, save a checkpoint and exit (send twice to abort at once).
+SIGINT / SIGTERM finish the current step, save a checkpoint and exit with code 3 (send twice to abort at once), so
+a chain of stages (``scripts/train_cpu_default.sh``, ``set -e``) stops there instead of moving on; ``--stop-at``
+exits with 0.
 """
 
 from __future__ import annotations
@@ -332,6 +334,7 @@ class Trainer:
         else:
             seed_everything(cfg.seed + context.rank)
         self._stop_requested = False
+        self.interrupted = False  # stopped by SIGINT / SIGTERM (on any rank), not by --stop-at or the end
         self._window = self._empty_window()
 
     # ------------------------------------------------------------------------------------------- set-up helpers
@@ -436,6 +439,7 @@ class Trainer:
         flags = torch.tensor([0.0 if torch.isfinite(loss) and torch.isfinite(grad_norm) else 1.0,
                               float(self._stop_requested)], device=self.device)
         skipped, stop = (bool(v) for v in all_reduce_max_(flags).tolist())
+        self.interrupted = self.interrupted or stop
         if not skipped:
             self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -749,26 +753,30 @@ def _load_run_config(args: argparse.Namespace) -> CfgNode:
     return config_from_text(read_checkpoint(latest)["config"], args.opts, source=f"the config stored in {latest}")
 
 
-def run(args: argparse.Namespace) -> None:
-    """Export, or train one stage in this process (joining torchrun's process group if there is one)."""
+def run(args: argparse.Namespace) -> bool:
+    """Export, or train one stage in this process (joining torchrun's process group if there is one); returns
+    whether a signal interrupted the training."""
     if args.export:
         export_weights(args.work_dir, args.export, half=args.fp16, opts=args.opts, average=args.average)
-        return
+        return False
     cfg = _load_run_config(args)
     configure_determinism(args.deterministic)
     with distributed_session(args.device) as context:
-        Trainer(cfg, args.work_dir, context, resume=args.resume, stop_at=args.stop_at).fit()
+        trainer = Trainer(cfg, args.work_dir, context, resume=args.resume, stop_at=args.stop_at)
+        trainer.fit()
+    return trainer.interrupted
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code (2: bad setup, 1: training failed)."""
+    """Command-line entry point; returns the exit code (2: bad setup, 1: training failed, 3: stopped by a signal
+    with a checkpoint: continue with ``--resume``)."""
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     log_file = args.work_dir / "train.log" if rank == 0 and not args.export else None
     new_work_dir = log_file is not None and not args.work_dir.exists()
     with logging_session(log_file, rank):
         try:
-            run(args)
+            interrupted = run(args)
         except USER_ERRORS as err:
             logger.error(f"{type(err).__name__}: {err}")
             code = 2
@@ -779,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.exception("training failed")
             code = 1
         else:
-            code = 0
+            code = 3 if interrupted else 0
     if code == 2 and new_work_dir and [p.name for p in args.work_dir.glob("*")] == ["train.log"]:
         shutil.rmtree(args.work_dir)  # a run refused before it started leaves no folder behind (its error was shown)
     return code

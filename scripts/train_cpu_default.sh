@@ -16,13 +16,14 @@
 #   7. configs/cpu_default_ft6.yaml  from the mean of the weights of stage 6's last 7 checkpoints (exported to
 #                                    WORK_DIR/stage6/average.pth): 80 % of the layers painted with more video
 #                                    frames ($TEXTURES_DENSE), 1800 annealed steps
-# The textures of stages 6 and 7 are frames of OpenCV's sample clips megamind.avi, tree.avi and vtest.avi, read from $VIDEOS
-# (default: $PROTOFORMER_SHARED/realdata/videos, else ../shared/realdata/videos; Debian's opencv-doc package has
-# them too) and written by scripts/extract_frames.py to $TEXTURES (default: datasets/textures_videos, the folder
-# configs/cpu_default_ft5.yaml names; every 9th, 4th and 40th frame) and $TEXTURES_DENSE (default:
+# The textures of stages 6 and 7 are frames of OpenCV's sample clips megamind.avi, tree.avi and vtest.avi, read
+# from $VIDEOS (default: $PROTOFORMER_SHARED/realdata/videos, else ../shared/realdata/videos; Debian's opencv-doc
+# package has them too) and written by scripts/extract_frames.py to $TEXTURES (default: datasets/textures_videos,
+# the folder configs/cpu_default_ft5.yaml names; every 9th, 4th and 40th frame) and $TEXTURES_DENSE (default:
 # datasets/textures_videos_dense, named by configs/cpu_default_ft6.yaml; every 3rd, 2nd and 20th frame), unless the
 # folder already holds files.
-# Resumable: run it again to continue an interrupted stage. At the end the mean of the weights of stage 7's last 7
+# Resumable: run it again to continue an interrupted stage (train.py exits with code 3 when a signal stops it, so
+# the chain stops there too). At the end the mean of the weights of stage 7's last 7
 # checkpoints (steps 1200-1800) is exported (fp16, inferring with 12 refinement iterations; training used 6)
 # to checkpoints/protoformer-s-synthetic.pth with their config beside it (this replaces the shipped file).
 #

@@ -94,3 +94,26 @@ def test_train_cpu_default_runs_seven_stages_then_exports(tmp_path):
                           f"train.py --work-dir {work}/stage7 --export checkpoints/protoformer-s-synthetic.pth "
                           f"{average}"]
     assert not any("average.pth" in c for c in calls)
+
+
+def test_train_cpu_default_hands_stage_6_to_stage_7(tmp_path):
+    """Stage 6 done, stage 7 not started: stage 6's average is exported right before stage 7 starts from it, and
+    only stage 7's (missing) frames are extracted."""
+    work = tmp_path / "work"
+    textures, dense = tmp_path / "textures", tmp_path / "dense"
+    textures.mkdir()
+    (textures / "megamind_0000.png").write_bytes(b"")
+    env = {"TEXTURES": str(textures), "TEXTURES_DENSE": str(dense), "VIDEOS": str(tmp_path / "videos")}
+    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
+                       done=tuple(f"stage{index}" for index in range(1, 7)), env=env)
+    average = "--fp16 --average 7 model.iters 12"
+    assert calls[-5:] == [
+        f"train.py --work-dir {work}/stage6 --resume synthetic.texture_dir {textures}",
+        f"train.py --work-dir {work}/stage6 --export {work}/stage6/average.pth {average}",
+        f"scripts/extract_frames.py {tmp_path}/videos/megamind.avi {tmp_path}/videos/tree.avi "
+        f"{tmp_path}/videos/vtest.avi --every 3 2 20 --out {dense}",
+        f"train.py --config configs/cpu_default_ft6.yaml --work-dir {work}/stage7 synthetic.texture_dir {dense} "
+        f"train.restore_ckpt {work}/stage6/average.pth",
+        f"train.py --work-dir {work}/stage7 --export checkpoints/protoformer-s-synthetic.pth {average}",
+    ]
+    assert sum("extract_frames.py" in c for c in calls) == 1 and sum("--export" in c for c in calls) == 2

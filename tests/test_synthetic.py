@@ -344,7 +344,8 @@ def test_validation_without_the_texture_folder_falls_back_to_procedural_textures
     from core.config import with_overrides
     from core.data.loader import build_train_dataset, build_val_dataset
 
-    cfg = with_overrides(_cfg(), ["synthetic.texture_dir", str(tmp_path / "missing"), "data.train_sets", "['synthetic']"])
+    cfg = with_overrides(_cfg(), ["synthetic.texture_dir", str(tmp_path / "missing"),
+                                  "data.train_sets", "['synthetic']"])
     procedural = build_val_dataset(with_overrides(cfg, ["synthetic.texture_dir", ""]), "synthetic")
     fallback = build_val_dataset(cfg, "synthetic")
     assert fallback.params.texture_paths == () and len(fallback) == 2
@@ -355,6 +356,8 @@ def test_validation_without_the_texture_folder_falls_back_to_procedural_textures
     with pytest.raises(FileNotFoundError, match="texture_dir"):
         build_train_dataset(cfg)
 
+    empty = build_val_dataset(with_overrides(cfg, ["synthetic.texture_dir", str(tmp_path)]), "synthetic")
+    assert empty.params.texture_paths == () and any("holds no images" in m for m in messages)
     cv2.imwrite(str(tmp_path / "texture.png"), np.full((40, 50, 3), 128, np.uint8))
     present = build_val_dataset(with_overrides(cfg, ["synthetic.texture_dir", str(tmp_path)]), "synthetic")
     assert present.params.texture_paths == (str(tmp_path / "texture.png"),)

@@ -182,11 +182,11 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
 
     handle = interrupted.optimizer.register_step_post_hook(terminate_once)
     result = interrupted.fit()
-    assert result["stopped"] and 0 < result["step"] < 5
+    assert result["stopped"] and 0 < result["step"] < 5 and interrupted.interrupted
     assert (tmp_path / "resumed" / "checkpoints" / "latest.pth").exists()
     resumed = train.Trainer(cfg, tmp_path / "resumed", single_process(), resume=True)
     assert resumed.step == result["step"]
-    assert resumed.fit() == {"step": 5, "best": None, "stopped": False}
+    assert resumed.fit() == {"step": 5, "best": None, "stopped": False} and not resumed.interrupted
 
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
@@ -197,7 +197,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
 def test_stop_at_pauses_with_a_checkpoint_and_resume_finishes_the_same_schedule(tmp_path):
     opts = {"train__num_steps": "4", "train__ckpt_freq": "1000"}
     paused = train.Trainer(tiny_config(**opts), tmp_path, single_process(), stop_at=2)
-    assert paused.fit() == {"step": 2, "best": None, "stopped": True}
+    assert paused.fit() == {"step": 2, "best": None, "stopped": True} and not paused.interrupted
     checkpoint = torch.load(tmp_path / "checkpoints" / "latest.pth", weights_only=True)
     assert checkpoint["step"] == 2 and checkpoint["scheduler"]["total_steps"] == 4 + 100
     again = train.Trainer(tiny_config(**opts), tmp_path, single_process(), resume=True, stop_at=2)
@@ -320,6 +320,28 @@ def test_command_line_reports_setup_errors_with_exit_code_2(tmp_path, capfd):
     assert code == 2
     assert "crop_size 64x64 is larger than synthetic.image_size" in capfd.readouterr().err
     assert "larger than synthetic.image_size" in (tmp_path / "train.log").read_text()
+
+
+def test_command_line_exits_3_when_a_signal_stops_training_and_0_at_stop_at(tmp_path, monkeypatch):
+    """A chain of stages under ``set -e`` must stop when a stage was interrupted, not export its half-trained
+    weights and start the next stage from them; a planned pause (--stop-at) is a success."""
+    fit = train.Trainer.fit
+
+    def fit_then_sigterm(trainer):
+        def terminate_once(*_):
+            handle.remove()
+            signal.raise_signal(signal.SIGTERM)
+
+        handle = trainer.optimizer.register_step_post_hook(terminate_once)
+        return fit(trainer)
+
+    command = ["--config", str(CONFIG), "--device", "cpu", *[item for pair in TINY.items() for item in pair],
+               "train.num_steps", "4", "train.val_freq", "1000"]
+    assert train.main(["--work-dir", str(tmp_path / "paused"), "--stop-at", "1", *command]) == 0
+    monkeypatch.setattr(train.Trainer, "fit", fit_then_sigterm)
+    assert train.main(["--work-dir", str(tmp_path / "stopped"), *command]) == 3
+    checkpoint = torch.load(tmp_path / "stopped" / "checkpoints" / "latest.pth", weights_only=True)
+    assert 0 < checkpoint["step"] < 4
 
 
 def test_depth_model_trains_on_synthetic_depth(tmp_path, monkeypatch):

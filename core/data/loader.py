@@ -183,19 +183,25 @@ def build_train_dataset(cfg) -> Dataset:
 
 
 def _without_missing_textures(cfg, name: str):
-    """``cfg`` with ``synthetic.texture_dir`` cleared, with a warning, if a synthetic set's texture folder is missing.
+    """``cfg`` with ``synthetic.texture_dir`` cleared, with a warning, if a synthetic set's texture folder is missing
+    or holds no images.
 
-    A checkpoint's stored config names the texture folder it was trained with (e.g. ``datasets/textures_videos``),
-    which a fresh checkout does not have; validating on procedural textures then beats failing. Training still
-    raises (``find_texture_images``), since there the textures are the point.
+    A checkpoint's stored config names the texture folder it was trained with (e.g.
+    ``datasets/textures_videos_dense``), which a fresh checkout does not have; validating on procedural textures
+    then beats failing. Training still raises (``find_texture_images``), since there the textures are the point.
     """
-    texture_dir = cfg.synthetic.texture_dir
-    if not name.startswith("synthetic") or not texture_dir or Path(texture_dir).is_dir():
+    if not name.startswith("synthetic") or not cfg.synthetic.texture_dir:
         return cfg
-    logger.warning(f"{name}: synthetic.texture_dir {texture_dir} does not exist, so this validation set uses "
-                   f"procedural textures only (its numbers differ from those with the images); pass "
-                   f"synthetic.texture_dir FOLDER to use them, or synthetic.texture_dir '' to silence this")
-    return with_overrides(cfg, ["synthetic.texture_dir", ""])
+    from core.data.synthetic import find_texture_images  # imported here: the generator is optional for real data
+
+    try:
+        find_texture_images(cfg.synthetic.texture_dir)
+    except FileNotFoundError as error:
+        logger.warning(f"{name}: {error}, so this validation set uses procedural textures only (its numbers differ "
+                       f"from those with the images); pass synthetic.texture_dir FOLDER to use them, or "
+                       f"synthetic.texture_dir '' to silence this")
+        return with_overrides(cfg, ["synthetic.texture_dir", ""])
+    return cfg
 
 
 def build_val_dataset(cfg, name: str) -> Dataset:
