@@ -21,7 +21,7 @@
 # package has them too) and written by scripts/extract_frames.py to $TEXTURES (default: datasets/textures_videos,
 # the folder configs/cpu_default_ft5.yaml names; every 9th, 4th and 40th frame) and $TEXTURES_DENSE (default:
 # datasets/textures_videos_dense, named by configs/cpu_default_ft6.yaml; every 3rd, 2nd and 20th frame), unless the
-# folder already holds files.
+# folder holds the marker .complete, written after a finished extraction (an interrupted one is redone).
 # Resumable: run it again to continue an interrupted stage (train.py exits with code 3 when a signal stops it, so
 # the chain stops there too). At the end the mean of the weights of stage 7's last 7
 # checkpoints (steps 1200-1800) is exported (fp16, inferring with 12 refinement iterations; training used 6)
@@ -62,11 +62,13 @@ VIDEOS=${VIDEOS:-${PROTOFORMER_SHARED:-../shared}/realdata/videos}
 TEXTURES=${TEXTURES:-datasets/textures_videos}
 TEXTURES_DENSE=${TEXTURES_DENSE:-datasets/textures_videos_dense}
 
-# frames OUT EVERY_MEGAMIND EVERY_TREE EVERY_VTEST: extract the sample clips' frames into OUT unless it holds files.
+# frames OUT EVERY_MEGAMIND EVERY_TREE EVERY_VTEST: extract the sample clips' frames into OUT unless an earlier
+# extraction finished (OUT/.complete).
 frames() {
-    if [ -z "$(ls "$1" 2>/dev/null)" ]; then
+    if [ ! -f "$1/.complete" ]; then
         $PYTHON scripts/extract_frames.py "$VIDEOS/megamind.avi" "$VIDEOS/tree.avi" "$VIDEOS/vtest.avi" \
             --every "$2" "$3" "$4" --out "$1"
+        mkdir -p "$1" && touch "$1/.complete"
     fi
 }
 

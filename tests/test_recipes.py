@@ -82,10 +82,8 @@ def test_train_cpu_default_runs_seven_stages_then_exports(tmp_path):
     assert "--config configs/cpu_default_ft3.yaml" in calls[3] and "stage3/checkpoints/latest.pth" in calls[3]
     assert "--config configs/cpu_default_ft4.yaml" in calls[4] and "stage4/checkpoints/latest.pth" in calls[4]
 
+    assert (textures / ".complete").is_file() and (dense / ".complete").is_file()  # both extractions finished
     (tmp_path / "calls.txt").unlink()  # stage 7 under way: resumed, the averages and the frames not made again
-    for folder in (textures, dense):
-        folder.mkdir()
-        (folder / "megamind_0000.png").write_bytes(b"")
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
                        done=("stage4", "stage5", "stage6", "stage7"), env=env)
     assert not any("extract_frames.py" in c for c in calls)
@@ -98,11 +96,13 @@ def test_train_cpu_default_runs_seven_stages_then_exports(tmp_path):
 
 def test_train_cpu_default_hands_stage_6_to_stage_7(tmp_path):
     """Stage 6 done, stage 7 not started: stage 6's average is exported right before stage 7 starts from it, and
-    only stage 7's (missing) frames are extracted."""
+    only stage 7's frames, whose extraction did not finish, are extracted (again)."""
     work = tmp_path / "work"
     textures, dense = tmp_path / "textures", tmp_path / "dense"
     textures.mkdir()
-    (textures / "megamind_0000.png").write_bytes(b"")
+    (textures / ".complete").write_bytes(b"")
+    dense.mkdir()  # an interrupted extraction: frames but no marker, so it is redone
+    (dense / "megamind_0000.png").write_bytes(b"")
     env = {"TEXTURES": str(textures), "TEXTURES_DENSE": str(dense), "VIDEOS": str(tmp_path / "videos")}
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
                        done=tuple(f"stage{index}" for index in range(1, 7)), env=env)
