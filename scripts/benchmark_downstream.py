@@ -8,10 +8,11 @@ Stabilisation. A steady clip (the first ``--real-frames`` frames of the fixed-ca
 scene with moving objects and a still camera) is shaken by a known random camera path S_t (centred coordinates:
 a similarity with Gaussian-low-pass random translation, rotation and scale, normalised to +-``translation`` px,
 +-``rotation`` degrees and +-``scale``, plus white jitter), after a fixed zoom that keeps the shaken frames free
-of borders. Each method estimates the camera motion, smooths it with the same Gaussian (sigma 10 frames, 4 with ``--quick``) and
-warps; its stabilising transforms B_t (before the crop zoom) are scored against the truth (:func:`shake_residual`):
-the clean clip's frame corners c land at B_t S_t c in the output, where an exact motion estimate with the same
-smoother would put them at smooth(S)_t c (the low-frequency part the smoother intentionally keeps). Reported: the
+of borders. Each method estimates the camera motion, smooths it with the same Gaussian (sigma 10 frames, 4 with
+``--quick``) and warps; its stabilising transforms B_t (before the crop zoom) are scored against the truth
+(:func:`shake_residual`): the clean clip's frame corners c land at B_t S_t c in the output, where an exact motion
+estimate with the same smoother would put them at smooth(S)_t c (the low-frequency part the smoother intentionally
+keeps). Reported: the
 injected jitter RMS(S_t c - smooth(S)_t c), the residual jitter RMS(B_t S_t c - smooth(S)_t c), the share removed
 (1 - residual / injected), the residual's part above the smoother's pass band (drift excluded), and the standard
 cropping ratio, distortion and stability (``scripts/stabilize.py``; stability of the output, and of the shaken

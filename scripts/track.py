@@ -1,7 +1,7 @@
 """Object and point tracking driven by dense optical flow, with forward-backward consistency.
 
     python scripts/track.py --input clip.mp4 --box 120,80,60,40 --output tracked.mp4            # DIS flow (the default)
-    python scripts/track.py --input frames/ --box 120,80,60,40 --points queries.csv --output tracked.mp4 --backend protoformer
+    python scripts/track.py --input frames/ --box 120,80,60,40 --points q.csv --output tracked.mp4 --backend protoformer
 
 Writes OUT.mp4 (the video with the box, its trail and the points drawn), OUT_boxes.csv (``frame,x,y,w,h,lost``)
 and, with ``--points``, OUT_points.csv (``frame,point_id,x,y,visible``). Boxes are ``x,y,w,h`` in pixels (top-left

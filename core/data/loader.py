@@ -33,7 +33,6 @@ from typing import Sequence
 from loguru import logger
 from torch.utils.data import ConcatDataset, Dataset
 
-from core.config import with_overrides
 from core.data.augment import FlowAugmentor, SparseFlowAugmentor
 from core.data.datasets import HD1K, KITTI, DatasetNotFoundError, FlyingChairs, FlyingThings3D, MpiSintel, repeat
 from core.data.depth_datasets import (
@@ -182,34 +181,11 @@ def build_train_dataset(cfg) -> Dataset:
     return mixture
 
 
-def _without_missing_textures(cfg, name: str):
-    """``cfg`` with ``synthetic.texture_dir`` cleared, with a warning, if a synthetic set's texture folder is missing
-    or holds no images.
-
-    A checkpoint's stored config names the texture folder it was trained with (e.g.
-    ``datasets/textures_videos_dense``), which a fresh checkout does not have; validating on procedural textures
-    then beats failing. Training still raises (``find_texture_images``), since there the textures are the point.
-    """
-    if not name.startswith("synthetic") or not cfg.synthetic.texture_dir:
-        return cfg
-    from core.data.synthetic import find_texture_images  # imported here: the generator is optional for real data
-
-    try:
-        find_texture_images(cfg.synthetic.texture_dir)
-    except FileNotFoundError as error:
-        logger.warning(f"{name}: {error}, so this validation set uses procedural textures only (its numbers differ "
-                       f"from those with the images); pass synthetic.texture_dir FOLDER to use them, or "
-                       f"synthetic.texture_dir '' to silence this")
-        return with_overrides(cfg, ["synthetic.texture_dir", ""])
-    return cfg
-
-
 def build_val_dataset(cfg, name: str) -> Dataset:
     """A validation set without augmentation (RAFT's choices: Chairs validation split, Things TEST, Sintel and
     KITTI training, HD1K training, procedural ``val`` split; depth sets as in the module docstring)."""
     if name not in VAL_SETS:
         raise ValueError(f"unknown validation set '{name}', expected one of {VAL_SETS}")
-    cfg = _without_missing_textures(cfg, name)
     check_roots(cfg, [name])
     if is_depth_set(name):
         return _make_depth_set(cfg, name, training=False, augmentor=None)

@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 import torch
+from loguru import logger
 from torch.utils.data import Dataset
 
 __all__ = [
@@ -1065,7 +1066,7 @@ class SyntheticFlowDataset(Dataset):
             raise ValueError(f"synthetic.image_size must be [H, W] with positive sizes, got {list(self.size)}")
         if self.length < 0:
             raise ValueError(f"synthetic.{split}_size must be >= 0, got {self.length}")
-        texture_paths = find_texture_images(synthetic.texture_dir) if synthetic.texture_dir else ()
+        texture_paths = self._texture_paths(synthetic.texture_dir)
         self.params = SceneParams(
             max_displacement=float(synthetic.max_displacement),
             num_layers=tuple(synthetic.num_layers),
@@ -1076,6 +1077,22 @@ class SyntheticFlowDataset(Dataset):
             texture_image_prob=float(synthetic.texture_image_prob),
             dead_leaves=float(synthetic.dead_leaves),
         )
+
+    def _texture_paths(self, texture_dir: str) -> tuple[str, ...]:
+        """The images of ``texture_dir`` (none if empty). A missing or image-less folder is an error for training;
+        for validation it gives procedural textures with a warning: a checkpoint's stored config names the folder
+        it was trained with (e.g. ``datasets/textures_videos_dense``), which a fresh checkout does not have."""
+        if not texture_dir:
+            return ()
+        try:
+            return find_texture_images(texture_dir)
+        except FileNotFoundError as error:
+            if self.split == "train":
+                raise
+            logger.warning(f"synthetic {self.split} split: {error}, so it uses procedural textures only (its numbers "
+                           f"differ from those with the images); pass synthetic.texture_dir FOLDER to use them, or "
+                           f"synthetic.texture_dir '' to silence this")
+            return ()
 
     def __len__(self) -> int:
         return self.length
