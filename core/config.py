@@ -148,46 +148,96 @@ def _coerce(value: str):
         return value
 
 
+BASE_KEY = "_base_"
+
+
 def load_config(path: str | Path | None = None, opts: Sequence[str] | Iterable[str] = ()) -> CN:
     """Load the defaults, merge a stage file, then ``KEY VALUE`` overrides; return a frozen config.
 
+    A stage file may start from another one: ``_base_: other.yaml`` (a path relative to the file) merges the other
+    file first, then this file's keys over it (a list value replaces the base's list). Bases can chain.
+
     Raises:
-        FileNotFoundError: the config file does not exist.
+        FileNotFoundError: the config file, or a base it names, does not exist.
         UnknownConfigKeyError: (a KeyError) a key in the file or in ``opts`` does not exist in the defaults.
-        ValueError: the file is not a YAML mapping, ``opts`` is not a list of KEY VALUE pairs, or a value has the
-            wrong type.
+        ValueError: the file is not a YAML mapping, bases form a cycle, ``opts`` is not a list of KEY VALUE pairs,
+            or a value has the wrong type.
     """
     if path is None:
         return _finish(get_cfg_defaults(), opts)
-    path = Path(path)
+    return _config_from_mapping(_read_config_file(Path(path), ()), opts, source=str(path))
+
+
+def _read_config_file(path: Path, chain: tuple[Path, ...]) -> dict:
+    """The mapping of a config file with its ``_base_`` chain merged in (``chain``: the files that named it)."""
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        named_by = f" (the _base_ of {chain[-1]})" if chain else ""
+        raise FileNotFoundError(f"config file not found: {path}{named_by}")
+    if path.resolve() in [p.resolve() for p in chain]:
+        raise ValueError(f"config bases form a cycle: {' -> '.join(str(p) for p in (*chain, path))}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         checkpoint = " (a checkpoint? pass it with --ckpt)" if path.suffix in (".pth", ".pt", ".ckpt") else ""
         raise ValueError(f"{path}: not a YAML config file, it is binary{checkpoint}") from None
-    return config_from_text(text, opts, source=str(path))
+    loaded = _parse_mapping(text, str(path))
+    base = loaded.pop(BASE_KEY, None)
+    _merged_over_defaults(loaded, str(path))  # a wrong key or value is reported with the file that holds it
+    if base is None:
+        return loaded
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: {BASE_KEY} must be the path of another config file, got {base!r}")
+    return _merge_mappings(_read_config_file(path.parent / base, (*chain, path)), loaded)
 
 
-def config_from_text(text: str, opts: Sequence[str] | Iterable[str] = (), source: str = "stored config") -> CN:
-    """A config dumped as YAML text (``cfg.dump()``, e.g. stored in a checkpoint) over the defaults, then ``opts``.
+def _merge_mappings(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in, section by section (nested mappings merge, other values replace)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge_mappings(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
-    Checked exactly like a config file; ``source`` names the text in error messages.
 
-    Raises:
-        UnknownConfigKeyError: (a KeyError) the text or ``opts`` name a key that does not exist in the defaults.
-        ValueError: the text is not a YAML mapping, or a value has the wrong type.
-    """
+def _parse_mapping(text: str, source: str) -> dict:
+    """The YAML mapping in ``text`` (empty text: ``{}``). Raises ValueError naming ``source``."""
     try:
         loaded = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ValueError(f"{source}: not valid YAML ({' '.join(str(err).split())})") from None
     if loaded is None:  # an empty file changes nothing
-        loaded = {}
+        return {}
     if not isinstance(loaded, dict):
         raise ValueError(f"{source}: a config must be a YAML mapping of sections (model:, train:, ...), "
                          f"got a {type(loaded).__name__}")
+    return loaded
+
+
+def config_from_text(text: str, opts: Sequence[str] | Iterable[str] = (), source: str = "stored config") -> CN:
+    """A config dumped as YAML text (``cfg.dump()``, e.g. stored in a checkpoint) over the defaults, then ``opts``.
+
+    Checked exactly like a config file; ``source`` names the text in error messages. Text has no folder, so it
+    cannot name a ``_base_`` (use :func:`load_config` for a file that does).
+
+    Raises:
+        UnknownConfigKeyError: (a KeyError) the text or ``opts`` name a key that does not exist in the defaults.
+        ValueError: the text is not a YAML mapping, names a ``_base_``, or a value has the wrong type.
+    """
+    loaded = _parse_mapping(text, source)
+    if BASE_KEY in loaded:
+        raise ValueError(f"{source}: {BASE_KEY} is only allowed in a config file (it is a path relative to the file)")
+    return _config_from_mapping(loaded, opts, source)
+
+
+def _config_from_mapping(loaded: dict, opts: Sequence[str] | Iterable[str], source: str) -> CN:
+    """The defaults with the mapping ``loaded`` merged in, then ``opts``; validated and frozen."""
+    return _finish(_merged_over_defaults(loaded, source), opts)
+
+
+def _merged_over_defaults(loaded: dict, source: str) -> CN:
+    """The defaults with the mapping ``loaded`` merged in (not validated). Errors name ``source``."""
     cfg = get_cfg_defaults()
     try:
         cfg.merge_from_other_cfg(CN(loaded))
@@ -197,7 +247,7 @@ def config_from_text(text: str, opts: Sequence[str] | Iterable[str] = (), source
         raise ValueError(f"{source}: {err}") from None
     except Exception as err:  # yacs asserts on values it cannot hold (e.g. a dict where a number belongs)
         raise ValueError(f"{source}: not a valid config ({type(err).__name__}: {err})") from None
-    return _finish(cfg, opts)
+    return cfg
 
 
 def flatten_config(node: CN, prefix: str = "") -> dict[str, Any]:

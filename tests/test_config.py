@@ -131,3 +131,51 @@ def test_with_overrides_returns_a_checked_copy_and_leaves_the_original():
         with_overrides(cfg, ["model.no_such_key", "1"])
     with pytest.raises(ValueError, match="model.iters must be >= 1"):
         with_overrides(cfg, ["model.iters", "0"])
+
+
+def test_a_stage_file_merges_its_base_chain_then_its_own_keys(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "first.yaml").write_text(
+        "model:\n  iters: 5\ndata:\n  crop_size: [96, 128]\ntrain:\n  lr: 1.0e-3\n  batch_size: 3\n")
+    (tmp_path / "sub" / "second.yaml").write_text(
+        "_base_: ../first.yaml\ndata:\n  crop_size: [64, 64]\ntrain:\n  lr: 2.0e-4\n")
+    (tmp_path / "third.yaml").write_text("_base_: sub/second.yaml\ntrain:\n  batch_size: 7\n")
+    cfg = load_config(tmp_path / "third.yaml", ["model.iters", "9"])
+    assert cfg.model.iters == 9  # the command line wins over every file
+    assert list(cfg.data.crop_size) == [64, 64]  # a list replaces the base's list, it is not merged item by item
+    assert (cfg.train.lr, cfg.train.batch_size) == (2.0e-4, 7)  # nearest file wins, per key inside a section
+    assert cfg.train.num_steps == get_cfg_defaults().train.num_steps  # keys no file names keep the defaults
+    assert "_base_" not in cfg.dump()  # a stored config is whole and needs no base
+
+
+def test_bad_bases_are_clear_errors(tmp_path):
+    (tmp_path / "orphan.yaml").write_text("_base_: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match=r"missing.yaml \(the _base_ of .*orphan.yaml\)"):
+        load_config(tmp_path / "orphan.yaml")
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(ValueError, match="cycle: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "typo.yaml").write_text("train:\n  lr_typo: 1\n")
+    (tmp_path / "child.yaml").write_text("_base_: typo.yaml\n")
+    with pytest.raises(KeyError, match=r"typo.yaml: unknown config key 'train.lr_typo'"):
+        load_config(tmp_path / "child.yaml")  # the error names the file that holds the wrong key
+    (tmp_path / "listbase.yaml").write_text("_base_: [a.yaml]\n")
+    with pytest.raises(ValueError, match="_base_ must be the path of another config file"):
+        load_config(tmp_path / "listbase.yaml")
+    with pytest.raises(ValueError, match="only allowed in a config file"):
+        config_from_text("_base_: a.yaml\n", source="ckpt.pth")
+
+
+def test_the_default_checkpoint_stages_inherit_what_they_do_not_change():
+    stage = {p.stem: load_config(p) for p in CONFIGS if p.stem.startswith("cpu_default")}
+    first, last = stage["cpu_default"], stage["cpu_default_ft6"]
+    assert "_base_" in (CONFIGS[0].parent / "cpu_default_ft6.yaml").read_text()
+    # named only by stage 1 and still in force at stage 7
+    assert (last.model.variant, last.model.iters, list(last.data.crop_size)) == ("protoformer-s", 6, [192, 256])
+    assert (last.train.batch_size, last.aug.max_scale) == (4, first.aug.max_scale) == (4, 0.4)
+    # changed by stages 2, 4 and 5, then inherited; and stage 7's own keys
+    assert list(last.synthetic.image_size) == [288, 384] and last.synthetic.max_displacement == 100.0
+    assert (last.train.keep_last, last.train.ckpt_freq) == (7, 100)
+    assert (last.synthetic.seed, last.synthetic.texture_image_prob, last.train.num_steps) == (8, 0.8, 1800)
+    assert len({s.synthetic.seed for s in stage.values()}) == len(stage)  # every stage draws new samples
