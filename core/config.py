@@ -74,6 +74,7 @@ _C.synthetic.max_displacement = 64.0  # pixels, largest layer translation
 _C.synthetic.num_layers = [3, 8]  # min, max foreground layers
 _C.synthetic.texture_dir = ""  # optional folder of images to use as textures
 _C.synthetic.texture_image_prob = 0.5  # with texture_dir: share of layers textured by an image
+_C.synthetic.texture_sampling = "image"  # image: every image equally often | folder: every subfolder equally often
 _C.synthetic.difficulty = 1.0  # 0..1: upper bound of layer count, motion ranges, thin structures, holes
 _C.synthetic.photometric = 0.0  # 0..1: strength of motion blur, noise and brightness change (GT stays exact)
 _C.synthetic.dead_leaves = 0.0  # 0..1: share of procedural patterns drawn as dead leaves (sharp edges, all scales)
@@ -310,5 +311,7 @@ def validate(cfg: CN) -> None:
         raise ValueError(f"data.crop_size must be [H, W] with both >= 32, got {list(cfg.data.crop_size)}")
     if cfg.train.amp_dtype not in ("bfloat16", "float16"):
         raise ValueError(f"train.amp_dtype must be bfloat16 or float16, got '{cfg.train.amp_dtype}'")
+    if cfg.synthetic.texture_sampling not in ("image", "folder"):
+        raise ValueError(f"synthetic.texture_sampling must be image or folder, got '{cfg.synthetic.texture_sampling}'")
     if cfg.depth.eval_crop not in ("garg", "eigen", "none"):
         raise ValueError(f"depth.eval_crop must be garg, eigen or none, got '{cfg.depth.eval_crop}'")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import get_cfg_defaults
+from core.config import get_cfg_defaults, with_overrides
 from core.data.datasets import META_KEYS
 from core.data import synthetic
 from core.data.synthetic import STREAMS, SyntheticFlowDataset, render_pair
@@ -341,7 +341,6 @@ def test_validation_without_the_texture_folder_falls_back_to_procedural_textures
     """A checkpoint's stored config names the texture folder it was trained with; a fresh checkout lacks it.
     Validation then warns and uses procedural textures (the same pairs as with no texture folder); training still
     raises, since there the textures are the point."""
-    from core.config import with_overrides
     from core.data.loader import build_train_dataset, build_val_dataset
 
     cfg = with_overrides(_cfg(), ["synthetic.texture_dir", str(tmp_path / "missing"),
@@ -361,3 +360,38 @@ def test_validation_without_the_texture_folder_falls_back_to_procedural_textures
     cv2.imwrite(str(tmp_path / "texture.png"), np.full((40, 50, 3), 128, np.uint8))
     present = build_val_dataset(with_overrides(cfg, ["synthetic.texture_dir", str(tmp_path)]), "synthetic")
     assert present.params.texture_paths == (str(tmp_path / "texture.png"),)
+
+
+def test_folder_sampling_draws_every_texture_subfolder_equally_often(tmp_path, monkeypatch):
+    """24 photographs beside 164 video frames should not be drawn 13 % of the time: with
+    ``synthetic.texture_sampling folder`` every subfolder is drawn equally often, then an image within it."""
+    root = tmp_path / "textures"
+    for folder, count in (("photos", 1), ("videos", 9)):
+        (root / folder).mkdir(parents=True)
+        for i in range(count):
+            cv2.imwrite(str(root / folder / f"{i}.png"), np.full((8, 8, 3), i, np.uint8))
+    cv2.imwrite(str(root / "loose.png"), np.zeros((8, 8, 3), np.uint8))
+    paths = synthetic.find_texture_images(root)
+    groups = synthetic.texture_folder_groups(root, paths)
+    assert [[paths[i].split("textures/")[1] for i in group] for group in groups] == [
+        ["loose.png"], ["photos/0.png"], [f"videos/{i}.png" for i in range(9)]]
+
+    drawn = []
+    monkeypatch.setattr(synthetic, "_image_texture", lambda rng, path, h, w: drawn.append(path) or
+                        np.zeros((h, w, 3), np.float32))
+
+    def share_of_photos(sampling: str) -> float:
+        dataset = SyntheticFlowDataset(_cfg(texture_dir=str(root), texture_image_prob=1.0,
+                                            texture_sampling=sampling), "train")
+        drawn.clear()
+        rng = np.random.default_rng(0)
+        for _ in range(600):
+            synthetic._texture(rng, 8, 8, dataset.params)
+        return sum("photos" in p for p in drawn) / len(drawn)
+
+    assert 0.28 < share_of_photos("folder") < 0.39  # 1 of 3 groups
+    assert 0.05 < share_of_photos("image") < 0.14  # 1 of 11 images
+    with pytest.raises(ValueError, match="every index"):
+        synthetic.SceneParams(texture_paths=paths, texture_groups=((0, 1),))
+    with pytest.raises(ValueError, match="texture_sampling"):
+        with_overrides(get_cfg_defaults(), ["synthetic.texture_sampling", "folders"])

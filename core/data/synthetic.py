@@ -58,6 +58,7 @@ __all__ = [
     "SceneParams",
     "SyntheticFlowDataset",
     "find_texture_images",
+    "texture_folder_groups",
     "render_pair",
 ]
 
@@ -88,6 +89,9 @@ class SceneParams:
             can be learnt from one image (see the module docstring); False gives the layered scenes.
         texture_paths: image files used as textures (see ``find_texture_images``); empty = procedural only.
         texture_image_prob: probability that a layer uses an image texture when ``texture_paths`` is given.
+        texture_groups: empty (every image of ``texture_paths`` is drawn equally often) or groups of indices into
+            ``texture_paths`` covering each image once (a group is drawn uniformly, then an image within it); see
+            ``texture_folder_groups``.
         dead_leaves: probability that a procedural pattern is a dead-leaves pattern (opaque shapes of all sizes
             painted over each other: sharp edges at every scale, as in photographs); 0 leaves the other patterns
             and their random draws exactly as they are.
@@ -101,6 +105,7 @@ class SceneParams:
     size_depth_coupling: float = 0.5
     texture_paths: tuple[str, ...] = field(default=())
     texture_image_prob: float = 0.5
+    texture_groups: tuple[tuple[int, ...], ...] = field(default=())
     depth_cues: bool = False
     dead_leaves: float = 0.0
 
@@ -114,6 +119,14 @@ class SceneParams:
         if isinstance(self.texture_paths, (str, Path)):
             raise ValueError(f"texture_paths must be a sequence of image paths, got one path {self.texture_paths!r}")
         object.__setattr__(self, "texture_paths", tuple(str(p) for p in self.texture_paths))
+        try:
+            groups = tuple(tuple(int(i) for i in group) for group in self.texture_groups)
+        except (TypeError, ValueError):
+            raise ValueError(f"texture_groups must be groups of image indices, got {self.texture_groups!r}") from None
+        if groups and sorted(i for group in groups for i in group) != list(range(len(self.texture_paths))):
+            raise ValueError(f"texture_groups must hold every index of the {len(self.texture_paths)} texture_paths "
+                             f"exactly once, in non-empty groups; got {groups!r}")
+        object.__setattr__(self, "texture_groups", groups)
         if not self.max_displacement > 0:
             raise ValueError(f"max_displacement must be > 0 pixels, got {self.max_displacement}")
         low, high = self.num_layers if len(self.num_layers) == 2 else (-1, -1)
@@ -402,7 +415,12 @@ def _texture(rng: np.random.Generator, height: int, width: int, p: SceneParams, 
     """
     rows, cols = (height, width) if detail == 1.0 else (max(1, round(height * detail)), max(1, round(width * detail)))
     if p.texture_paths and rng.random() < p.texture_image_prob:
-        colour = _image_texture(rng, p.texture_paths[rng.integers(len(p.texture_paths))], rows, cols)
+        if p.texture_groups:
+            group = p.texture_groups[rng.integers(len(p.texture_groups))]
+            index = group[rng.integers(len(group))]
+        else:  # the draw of configs without groups, unchanged
+            index = rng.integers(len(p.texture_paths))
+        colour = _image_texture(rng, p.texture_paths[index], rows, cols)
     else:
         colour = _colourise(rng, rows, cols, p.dead_leaves)
         if rng.random() < 0.3:
@@ -1014,6 +1032,20 @@ def find_texture_images(texture_dir: str | Path) -> tuple[str, ...]:
     return tuple(paths)
 
 
+def texture_folder_groups(texture_dir: str | Path, paths: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """Groups of ``paths`` (indices) by their first folder below ``texture_dir``; images directly in it form a group.
+
+    With ``SceneParams.texture_groups`` set to these, every subfolder is drawn equally often whatever its number of
+    images (e.g. 24 photographs beside 164 video frames).
+    """
+    root = Path(texture_dir)
+    by_folder: dict[str, list[int]] = {}
+    for index, path in enumerate(paths):
+        parts = Path(path).relative_to(root).parts
+        by_folder.setdefault(parts[0] if len(parts) > 1 else "", []).append(index)
+    return tuple(tuple(by_folder[name]) for name in sorted(by_folder))
+
+
 def _channels_first(array: np.ndarray) -> np.ndarray:
     """[H, W, C] -> contiguous float32 [C, H, W]."""
     return np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
@@ -1067,6 +1099,8 @@ class SyntheticFlowDataset(Dataset):
         if self.length < 0:
             raise ValueError(f"synthetic.{split}_size must be >= 0, got {self.length}")
         texture_paths = self._texture_paths(synthetic.texture_dir)
+        texture_groups = (texture_folder_groups(synthetic.texture_dir, texture_paths)
+                          if texture_paths and synthetic.texture_sampling == "folder" else ())
         self.params = SceneParams(
             max_displacement=float(synthetic.max_displacement),
             num_layers=tuple(synthetic.num_layers),
@@ -1075,6 +1109,7 @@ class SyntheticFlowDataset(Dataset):
             depth_cues=bool(synthetic.depth_cues if depth_cues is None else depth_cues),
             texture_paths=texture_paths,
             texture_image_prob=float(synthetic.texture_image_prob),
+            texture_groups=texture_groups,
             dead_leaves=float(synthetic.dead_leaves),
         )
 
