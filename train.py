@@ -245,8 +245,12 @@ def read_training_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def check_resumable(cfg: CfgNode, saved_text: str, path: Path) -> None:
-    """Raise ValueError if ``cfg`` changes the training trajectory of the checkpoint's config."""
-    saved = flatten_config(CfgNode.load_cfg(saved_text))
+    """Raise ValueError if ``cfg`` changes the training trajectory of the checkpoint's config.
+
+    The saved text is read over today's defaults, so a key added to the project after the checkpoint was written
+    counts as its default (the value the run was trained with), not as a difference.
+    """
+    saved = flatten_config(config_from_text(saved_text, source=f"the config stored in {path}"))
     current = flatten_config(cfg)
     changed = [
         f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"

@@ -155,8 +155,9 @@ BASE_KEY = "_base_"
 def load_config(path: str | Path | None = None, opts: Sequence[str] | Iterable[str] = ()) -> CN:
     """Load the defaults, merge a stage file, then ``KEY VALUE`` overrides; return a frozen config.
 
-    A stage file may start from another one: ``_base_: other.yaml`` (a path relative to the file) merges the other
-    file first, then this file's keys over it (a list value replaces the base's list). Bases can chain.
+    A stage file may start from another one: ``_base_: other.yaml`` (a path relative to the folder of the file as
+    named, symlinks not followed) merges the other file first, then this file's keys over it (a list value replaces
+    the base's list). Bases can chain.
 
     Raises:
         FileNotFoundError: the config file, or a base it names, does not exist.
@@ -179,14 +180,16 @@ def _read_config_file(path: Path, chain: tuple[Path, ...]) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        checkpoint = " (a checkpoint? pass it with --ckpt)" if path.suffix in (".pth", ".pt", ".ckpt") else ""
+        checkpoint = (" (a checkpoint? pass it with --ckpt)" if path.suffix in (".pth", ".pt", ".ckpt") and not chain
+                      else "")
         raise ValueError(f"{path}: not a YAML config file, it is binary{checkpoint}") from None
     loaded = _parse_mapping(text, str(path))
+    has_base = BASE_KEY in loaded
     base = loaded.pop(BASE_KEY, None)
     _merged_over_defaults(loaded, str(path))  # a wrong key or value is reported with the file that holds it
-    if base is None:
+    if not has_base:
         return loaded
-    if not isinstance(base, str) or not base:
+    if not isinstance(base, str) or not base:  # also `_base_:` with nothing after it (None)
         raise ValueError(f"{path}: {BASE_KEY} must be the path of another config file, got {base!r}")
     return _merge_mappings(_read_config_file(path.parent / base, (*chain, path)), loaded)
 

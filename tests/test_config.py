@@ -145,7 +145,6 @@ def test_a_stage_file_merges_its_base_chain_then_its_own_keys(tmp_path):
     assert list(cfg.data.crop_size) == [64, 64]  # a list replaces the base's list, it is not merged item by item
     assert (cfg.train.lr, cfg.train.batch_size) == (2.0e-4, 7)  # nearest file wins, per key inside a section
     assert cfg.train.num_steps == get_cfg_defaults().train.num_steps  # keys no file names keep the defaults
-    assert "_base_" not in cfg.dump()  # a stored config is whole and needs no base
 
 
 def test_bad_bases_are_clear_errors(tmp_path):
@@ -160,11 +159,21 @@ def test_bad_bases_are_clear_errors(tmp_path):
     (tmp_path / "child.yaml").write_text("_base_: typo.yaml\n")
     with pytest.raises(KeyError, match=r"typo.yaml: unknown config key 'train.lr_typo'"):
         load_config(tmp_path / "child.yaml")  # the error names the file that holds the wrong key
-    (tmp_path / "listbase.yaml").write_text("_base_: [a.yaml]\n")
-    with pytest.raises(ValueError, match="_base_ must be the path of another config file"):
-        load_config(tmp_path / "listbase.yaml")
+    for bad in ("[a.yaml]", "", "''"):
+        (tmp_path / "badbase.yaml").write_text(f"_base_: {bad}\n")
+        with pytest.raises(ValueError, match="_base_ must be the path of another config file"):
+            load_config(tmp_path / "badbase.yaml")
     with pytest.raises(ValueError, match="only allowed in a config file"):
         config_from_text("_base_: a.yaml\n", source="ckpt.pth")
+
+
+def test_stage_7_resolves_to_the_config_shipped_with_the_default_checkpoint():
+    """The stage files are diffs of each other; resolved, stage 7's is the whole config the shipped checkpoint
+    was trained with (its export changed only the inference iterations and recorded the starting weights)."""
+    shipped = flatten_config(load_config(CONFIGS[0].parents[1] / "checkpoints" / "protoformer-s-synthetic.yaml"))
+    stage7 = flatten_config(load_config(CONFIGS[0].parent / "cpu_default_ft6.yaml", [
+        "model.iters", "12", "train.restore_ckpt", "checkpoints/protoformer-s-synthetic.pth"]))
+    assert stage7 == shipped
 
 
 def test_the_default_checkpoint_stages_inherit_what_they_do_not_change():

@@ -391,6 +391,14 @@ def test_folder_sampling_draws_every_texture_subfolder_equally_often(tmp_path, m
 
     assert 0.28 < share_of_photos("folder") < 0.39  # 1 of 3 groups
     assert 0.05 < share_of_photos("image") < 0.14  # 1 of 11 images
+    for bad in (((), tuple(range(len(paths)))), ((0.0,), tuple(range(1, len(paths))))):
+        with pytest.raises(ValueError, match="texture_groups"):
+            synthetic.SceneParams(texture_paths=paths, texture_groups=bad)
+    with pytest.raises(ValueError, match="not under the texture folder"):
+        synthetic.texture_folder_groups(tmp_path / "elsewhere", paths)
+    monkeypatch.undo()
+    sample = SyntheticFlowDataset(_cfg(texture_dir=str(root), texture_sampling="folder"), "train")[0]
+    assert sample["image1"].shape == (3, 48, 72) and np.isfinite(np.asarray(sample["flow"])).all()
     with pytest.raises(ValueError, match="every index"):
         synthetic.SceneParams(texture_paths=paths, texture_groups=((0, 1),))
     with pytest.raises(ValueError, match="texture_sampling"):

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 
 import train
-from core.config import config_from_text, load_config
+from core.config import config_from_text, load_config, with_overrides
 from core.data.synthetic import SyntheticFlowDataset
 from core.model import build_model, load_weights
 from core.model.checkpoint import WEIGHTS_FORMAT
@@ -221,6 +222,18 @@ def test_resume_refuses_a_changed_schedule_and_fresh_runs_refuse_an_used_work_di
     cfg = config_from_text((tmp_path / "config.yaml").read_text(), ["train.log_freq", "7"])
     assert cfg.train.log_freq == 7 and cfg.train.num_steps == 1
     train.check_resumable(cfg, (tmp_path / "config.yaml").read_text(), tmp_path)
+
+
+def test_resume_accepts_a_checkpoint_written_before_a_config_key_existed(tmp_path):
+    """A run saved before a key was added to the defaults was trained with that key's default: resuming it is
+    allowed, unless the key is now set to something else."""
+    cfg = tiny_config(train__num_steps="1")
+    saved = yaml.safe_load(cfg.dump())
+    del saved["synthetic"]["texture_sampling"], saved["synthetic"]["dead_leaves"]
+    old_text = yaml.safe_dump(saved)
+    train.check_resumable(cfg, old_text, tmp_path)
+    with pytest.raises(ValueError, match=r"synthetic\.texture_sampling: 'image' -> 'folder'"):
+        train.check_resumable(with_overrides(cfg, ["synthetic.texture_sampling", "folder"]), old_text, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------- learning

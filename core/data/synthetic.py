@@ -120,10 +120,14 @@ class SceneParams:
             raise ValueError(f"texture_paths must be a sequence of image paths, got one path {self.texture_paths!r}")
         object.__setattr__(self, "texture_paths", tuple(str(p) for p in self.texture_paths))
         try:
-            groups = tuple(tuple(int(i) for i in group) for group in self.texture_groups)
-        except (TypeError, ValueError):
+            groups = tuple(tuple(self.texture_groups[g]) for g in range(len(self.texture_groups)))
+        except TypeError:
             raise ValueError(f"texture_groups must be groups of image indices, got {self.texture_groups!r}") from None
-        if groups and sorted(i for group in groups for i in group) != list(range(len(self.texture_paths))):
+        if any(not isinstance(i, (int, np.integer)) for group in groups for i in group):
+            raise ValueError(f"texture_groups must hold integer indices, got {groups!r}")
+        groups = tuple(tuple(int(i) for i in group) for group in groups)
+        if groups and (not all(groups) or sorted(i for group in groups for i in group)
+                       != list(range(len(self.texture_paths)))):
             raise ValueError(f"texture_groups must hold every index of the {len(self.texture_paths)} texture_paths "
                              f"exactly once, in non-empty groups; got {groups!r}")
         object.__setattr__(self, "texture_groups", groups)
@@ -1035,13 +1039,18 @@ def find_texture_images(texture_dir: str | Path) -> tuple[str, ...]:
 def texture_folder_groups(texture_dir: str | Path, paths: Sequence[str]) -> tuple[tuple[int, ...], ...]:
     """Groups of ``paths`` (indices) by their first folder below ``texture_dir``; images directly in it form a group.
 
+    Only the first level counts: ``photos/a/x.png`` and ``photos/b/y.png`` are both in the group ``photos``.
+
     With ``SceneParams.texture_groups`` set to these, every subfolder is drawn equally often whatever its number of
     images (e.g. 24 photographs beside 164 video frames).
     """
     root = Path(texture_dir)
     by_folder: dict[str, list[int]] = {}
     for index, path in enumerate(paths):
-        parts = Path(path).relative_to(root).parts
+        try:
+            parts = Path(path).relative_to(root).parts
+        except ValueError:
+            raise ValueError(f"texture image {path} is not under the texture folder {root}") from None
         by_folder.setdefault(parts[0] if len(parts) > 1 else "", []).append(index)
     return tuple(tuple(by_folder[name]) for name in sorted(by_folder))
 
