@@ -1,5 +1,5 @@
 #!/usr/bin/env sh
-# Reproduces the shipped default checkpoint: protoformer-s on the built-in synthetic data, on a CPU, in seven stages
+# Reproduces the shipped default checkpoint: protoformer-s on the built-in synthetic data, on a CPU, in nine stages
 # (an easy-to-hard curriculum):
 #   1. configs/cpu_default.yaml      motions up to 48 px, photometric 0.3, paused at step 500 of its long schedule
 #   2. configs/cpu_default_ft.yaml   from stage 1's weights: motions up to 72 px, photometric 0.5, 1200 steps that
@@ -16,15 +16,23 @@
 #   7. configs/cpu_default_ft6.yaml  from the mean of the weights of stage 6's last 7 checkpoints (exported to
 #                                    WORK_DIR/stage6/average.pth): 80 % of the layers painted with more video
 #                                    frames ($TEXTURES_DENSE), 1800 annealed steps
-# The textures of stages 6 and 7 are frames of OpenCV's sample clips megamind.avi, tree.avi and vtest.avi, read
+#   8. configs/cpu_default_ft7.yaml  from stage 7's average (WORK_DIR/stage7/average.pth): stage 7's data on new
+#                                    samples, 8 refinement iterations in training instead of 6, 1600 annealed steps
+#   9. configs/cpu_default_ft8.yaml  from stage 8's average (WORK_DIR/stage8/average.pth): half of the image
+#                                    textures from 24 photographs ($TEXTURES_MIX/photos), half from stage 7's video
+#                                    frames ($TEXTURES_MIX/videos), 1400 annealed steps
+# The textures of stages 6-9 are frames of OpenCV's sample clips megamind.avi, tree.avi and vtest.avi, read
 # from $VIDEOS (default: $PROTOFORMER_SHARED/realdata/videos, else ../shared/realdata/videos; Debian's opencv-doc
 # package has them too) and written by scripts/extract_frames.py to $TEXTURES (default: datasets/textures_videos,
-# the folder configs/cpu_default_ft5.yaml names; every 9th, 4th and 40th frame) and $TEXTURES_DENSE (default:
-# datasets/textures_videos_dense, named by configs/cpu_default_ft6.yaml; every 3rd, 2nd and 20th frame), unless the
-# folder holds the marker .complete, written after a finished extraction (an interrupted one is redone).
+# the folder configs/cpu_default_ft5.yaml names; every 9th, 4th and 40th frame), $TEXTURES_DENSE (default:
+# datasets/textures_videos_dense, named by configs/cpu_default_ft6.yaml and ft7; every 3rd, 2nd and 20th frame) and
+# $TEXTURES_MIX/videos (default datasets/textures_mix, named by configs/cpu_default_ft8.yaml; the same frames), unless
+# the folder holds the marker .complete, written after a finished extraction (an interrupted one is redone).
+# Stage 9's photographs are OpenCV's sample images (the PHOTOS list below), copied from $PHOTOS (default:
+# /usr/share/doc/opencv-doc/examples/data, where `apt-get install opencv-doc` puts them) to $TEXTURES_MIX/photos.
 # Resumable: run it again to continue an interrupted stage (train.py exits with code 3 when a signal stops it, so
-# the chain stops there too). At the end the mean of the weights of stage 7's last 7
-# checkpoints (steps 1200-1800) is exported (fp16, inferring with 12 refinement iterations; training used 6)
+# the chain stops there too). At the end the mean of the weights of stage 9's last 7
+# checkpoints (steps 800-1400) is exported (fp16, inferring with 12 refinement iterations; training used 8)
 # to checkpoints/protoformer-s-synthetic.pth with their config beside it (this replaces the shipped file).
 #
 #   sh ./scripts/train_cpu_default.sh [WORK_DIR]          # default work dir: runs/cpu_default
@@ -77,4 +85,32 @@ stage stage6 configs/cpu_default_ft5.yaml "$WORK/stage5/average.pth" synthetic.t
 [ -f "$WORK/stage7/checkpoints/latest.pth" ] || average stage6 "$WORK/stage6/average.pth"
 frames "$TEXTURES_DENSE" 3 2 20
 stage stage7 configs/cpu_default_ft6.yaml "$WORK/stage6/average.pth" synthetic.texture_dir "$TEXTURES_DENSE"
-average stage7 checkpoints/protoformer-s-synthetic.pth
+[ -f "$WORK/stage8/checkpoints/latest.pth" ] || average stage7 "$WORK/stage7/average.pth"
+stage stage8 configs/cpu_default_ft7.yaml "$WORK/stage7/average.pth" synthetic.texture_dir "$TEXTURES_DENSE"
+[ -f "$WORK/stage9/checkpoints/latest.pth" ] || average stage8 "$WORK/stage8/average.pth"
+PHOTOS=${PHOTOS:-/usr/share/doc/opencv-doc/examples/data}
+TEXTURES_MIX=${TEXTURES_MIX:-datasets/textures_mix}
+PHOTO_FILES="aero1.jpg aero3.jpg aloeL.jpg apple.jpg baboon.jpg board.jpg box_in_scene.png building.jpg butterfly.jpg
+chicky_512.png ela_original.jpg fruits.jpg graf1.png graf3.png home.jpg leuvenA.jpg licenseplate_motion.jpg messi5.jpg
+orange.jpg smarties.png squirrel_cls.jpg starry_night.jpg stuff.jpg Blender_Suzanne1.jpg"
+
+# photos OUT: copy the photographs of PHOTO_FILES from $PHOTOS into OUT unless an earlier copy finished.
+photos() {
+    if [ ! -f "$1/.complete" ]; then
+        for name in $PHOTO_FILES; do
+            if [ ! -f "$PHOTOS/$name" ]; then
+                echo "train_cpu_default.sh: photograph $PHOTOS/$name not found; set PHOTOS to OpenCV's sample" \
+                    "data folder (apt-get install opencv-doc puts it in /usr/share/doc/opencv-doc/examples/data)" >&2
+                exit 2
+            fi
+        done
+        mkdir -p "$1"
+        for name in $PHOTO_FILES; do cp "$PHOTOS/$name" "$1/"; done
+        touch "$1/.complete"
+    fi
+}
+
+photos "$TEXTURES_MIX/photos"
+frames "$TEXTURES_MIX/videos" 3 2 20
+stage stage9 configs/cpu_default_ft8.yaml "$WORK/stage8/average.pth" synthetic.texture_dir "$TEXTURES_MIX"
+average stage9 checkpoints/protoformer-s-synthetic.pth

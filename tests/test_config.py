@@ -167,13 +167,14 @@ def test_bad_bases_are_clear_errors(tmp_path):
         config_from_text("_base_: a.yaml\n", source="ckpt.pth")
 
 
-def test_stage_7_resolves_to_the_config_shipped_with_the_default_checkpoint():
-    """The stage files are diffs of each other; resolved, stage 7's is the whole config the shipped checkpoint
-    was trained with (its export changed only the inference iterations and recorded the starting weights)."""
+def test_the_last_stage_resolves_to_the_config_shipped_with_the_default_checkpoint():
+    """The stage files are diffs of each other; resolved, stage 9's is the whole config the shipped checkpoint
+    was trained with (its export changed only the inference iterations, 8 -> 12, and recorded the starting
+    weights)."""
     shipped = flatten_config(load_config(CONFIGS[0].parents[1] / "checkpoints" / "protoformer-s-synthetic.yaml"))
-    stage7 = flatten_config(load_config(CONFIGS[0].parent / "cpu_default_ft6.yaml", [
-        "model.iters", "12", "train.restore_ckpt", "checkpoints/protoformer-s-synthetic.pth"]))
-    assert stage7 == shipped
+    stage9 = flatten_config(load_config(CONFIGS[0].parent / "cpu_default_ft8.yaml", [
+        "model.iters", "12", "train.restore_ckpt", "runs/cpu_default/stage8/average.pth"]))
+    assert stage9 == shipped
 
 
 def test_the_default_checkpoint_stages_inherit_what_they_do_not_change():
@@ -188,3 +189,4 @@ def test_the_default_checkpoint_stages_inherit_what_they_do_not_change():
     assert (last.train.keep_last, last.train.ckpt_freq) == (7, 100)
     assert (last.synthetic.seed, last.synthetic.texture_image_prob, last.train.num_steps) == (8, 0.8, 1800)
     assert len({s.synthetic.seed for s in stage.values()}) == len(stage)  # every stage draws new samples
+    assert (stage["cpu_default_ft8"].model.iters, stage["cpu_default_ft8"].synthetic.texture_image_prob) == (8, 0.8)

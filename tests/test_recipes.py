@@ -31,6 +31,18 @@ def run_recipe(tmp_path: Path, script: str, *args: str, done: tuple[str, ...] = 
     return log.read_text().splitlines()
 
 
+def fake_photos(tmp_path: Path) -> Path:
+    """A stand-in for OpenCV's sample data folder holding the recipe's photographs (empty files)."""
+    folder = tmp_path / "opencv_data"
+    folder.mkdir()
+    text = (REPO / "scripts" / "train_cpu_default.sh").read_text()
+    names = text.split('PHOTO_FILES="')[1].split('"')[0].split()
+    assert len(names) == 24
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
 def test_train_standard_chains_the_stages_and_resumes_where_it_stopped(tmp_path):
     work = tmp_path / "work"
     calls = run_recipe(tmp_path, "train_standard.sh", "2", str(work))
@@ -46,16 +58,17 @@ def test_train_standard_chains_the_stages_and_resumes_where_it_stopped(tmp_path)
                                                                         (False, True), (False, True)]
 
 
-def test_train_cpu_default_runs_seven_stages_then_exports(tmp_path):
+def test_train_cpu_default_runs_nine_stages_then_exports(tmp_path):
     work = tmp_path / "work"
     textures, dense = tmp_path / "textures", tmp_path / "dense"  # missing: the recipe extracts the frames into them
-    videos = tmp_path / "videos"
-    env = {"TEXTURES": str(textures), "TEXTURES_DENSE": str(dense), "VIDEOS": str(videos)}
+    mix, videos = tmp_path / "mix", tmp_path / "videos"
+    env = {"TEXTURES": str(textures), "TEXTURES_DENSE": str(dense), "TEXTURES_MIX": str(mix), "VIDEOS": str(videos),
+           "PHOTOS": str(fake_photos(tmp_path))}
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), env=env)
     configs = [c.split("--config ")[1].split()[0] for c in calls if "--config" in c]
     assert configs == ["configs/cpu_default.yaml", "configs/cpu_default_ft.yaml", "configs/cpu_default_ft2.yaml",
                        "configs/cpu_default_ft3.yaml", "configs/cpu_default_ft4.yaml", "configs/cpu_default_ft5.yaml",
-                       "configs/cpu_default_ft6.yaml"]
+                       "configs/cpu_default_ft6.yaml", "configs/cpu_default_ft7.yaml", "configs/cpu_default_ft8.yaml"]
     assert calls[0] == f"train.py --config configs/cpu_default.yaml --work-dir {work}/stage1 --stop-at 500"
     assert "--stop-at 1400" in calls[2] and all("--stop-at" not in c for c in calls[3:])
     for index in range(1, 5):
@@ -72,8 +85,16 @@ def test_train_cpu_default_runs_seven_stages_then_exports(tmp_path):
         f"scripts/extract_frames.py {clips} --every 3 2 20 --out {dense}",
         f"train.py --config configs/cpu_default_ft6.yaml --work-dir {work}/stage7 synthetic.texture_dir {dense} "
         f"train.restore_ckpt {work}/stage6/average.pth",
-        f"train.py --work-dir {work}/stage7 --export checkpoints/protoformer-s-synthetic.pth {average}",
+        f"train.py --work-dir {work}/stage7 --export {work}/stage7/average.pth {average}",
+        f"train.py --config configs/cpu_default_ft7.yaml --work-dir {work}/stage8 synthetic.texture_dir {dense} "
+        f"train.restore_ckpt {work}/stage7/average.pth",
+        f"train.py --work-dir {work}/stage8 --export {work}/stage8/average.pth {average}",
+        f"scripts/extract_frames.py {clips} --every 3 2 20 --out {mix}/videos",
+        f"train.py --config configs/cpu_default_ft8.yaml --work-dir {work}/stage9 synthetic.texture_dir {mix} "
+        f"train.restore_ckpt {work}/stage8/average.pth",
+        f"train.py --work-dir {work}/stage9 --export checkpoints/protoformer-s-synthetic.pth {average}",
     ]
+    assert len([f for f in (mix / "photos").iterdir() if not f.name.startswith(".")]) == 24 and (mix / "photos" / ".complete").is_file()
 
     (tmp_path / "calls.txt").unlink()
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=("stage1", "stage2", "stage3"), env=env)
@@ -82,16 +103,35 @@ def test_train_cpu_default_runs_seven_stages_then_exports(tmp_path):
     assert "--config configs/cpu_default_ft3.yaml" in calls[3] and "stage3/checkpoints/latest.pth" in calls[3]
     assert "--config configs/cpu_default_ft4.yaml" in calls[4] and "stage4/checkpoints/latest.pth" in calls[4]
 
-    assert (textures / ".complete").is_file() and (dense / ".complete").is_file()  # both extractions finished
-    (tmp_path / "calls.txt").unlink()  # stage 7 under way: resumed, the averages and the frames not made again
+    for folder in (textures, dense, mix / "videos", mix / "photos"):  # every extraction and copy finished
+        assert (folder / ".complete").is_file(), folder
+    (tmp_path / "calls.txt").unlink()  # stage 9 under way: resumed, the averages and the textures not made again
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
-                       done=("stage4", "stage5", "stage6", "stage7"), env=env)
+                       done=tuple(f"stage{index}" for index in range(4, 10)), env=env)
     assert not any("extract_frames.py" in c for c in calls)
-    assert calls[-3:] == [f"train.py --work-dir {work}/stage6 --resume synthetic.texture_dir {textures}",
+    assert calls[-5:] == [f"train.py --work-dir {work}/stage6 --resume synthetic.texture_dir {textures}",
                           f"train.py --work-dir {work}/stage7 --resume synthetic.texture_dir {dense}",
-                          f"train.py --work-dir {work}/stage7 --export checkpoints/protoformer-s-synthetic.pth "
+                          f"train.py --work-dir {work}/stage8 --resume synthetic.texture_dir {dense}",
+                          f"train.py --work-dir {work}/stage9 --resume synthetic.texture_dir {mix}",
+                          f"train.py --work-dir {work}/stage9 --export checkpoints/protoformer-s-synthetic.pth "
                           f"{average}"]
     assert not any("average.pth" in c for c in calls)
+
+
+def test_train_cpu_default_stops_with_a_clear_error_without_the_photographs(tmp_path):
+    """Stage 9 needs OpenCV's sample photographs: without them the recipe stops before stage 9, naming the missing
+    file and where to get it, and copies nothing."""
+    work, mix = tmp_path / "work", tmp_path / "mix"
+    photos = fake_photos(tmp_path)
+    (photos / "baboon.jpg").unlink()
+    env = {"TEXTURES_MIX": str(mix), "VIDEOS": str(tmp_path / "videos"), "PHOTOS": str(photos)}
+    with pytest.raises(subprocess.CalledProcessError) as error:
+        run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=tuple(f"stage{i}" for i in range(1, 9)), env=env)
+    assert error.value.returncode == 2
+    message = error.value.stderr.decode()
+    assert f"{photos}/baboon.jpg not found" in message and "opencv-doc" in message
+    assert not (mix / "photos").exists()
+    assert not any("stage9" in c for c in (tmp_path / "calls.txt").read_text().splitlines())
 
 
 def test_train_cpu_default_hands_stage_6_to_stage_7(tmp_path):
@@ -103,17 +143,17 @@ def test_train_cpu_default_hands_stage_6_to_stage_7(tmp_path):
     (textures / ".complete").write_bytes(b"")
     dense.mkdir()  # an interrupted extraction: frames but no marker, so it is redone
     (dense / "megamind_0000.png").write_bytes(b"")
-    env = {"TEXTURES": str(textures), "TEXTURES_DENSE": str(dense), "VIDEOS": str(tmp_path / "videos")}
+    env = {"TEXTURES": str(textures), "TEXTURES_DENSE": str(dense), "TEXTURES_MIX": str(tmp_path / "mix"),
+           "VIDEOS": str(tmp_path / "videos"), "PHOTOS": str(fake_photos(tmp_path))}
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
                        done=tuple(f"stage{index}" for index in range(1, 7)), env=env)
     average = "--fp16 --average 7 model.iters 12"
-    assert calls[-5:] == [
+    assert calls[5:9] == [
         f"train.py --work-dir {work}/stage6 --resume synthetic.texture_dir {textures}",
         f"train.py --work-dir {work}/stage6 --export {work}/stage6/average.pth {average}",
         f"scripts/extract_frames.py {tmp_path}/videos/megamind.avi {tmp_path}/videos/tree.avi "
         f"{tmp_path}/videos/vtest.avi --every 3 2 20 --out {dense}",
         f"train.py --config configs/cpu_default_ft6.yaml --work-dir {work}/stage7 synthetic.texture_dir {dense} "
         f"train.restore_ckpt {work}/stage6/average.pth",
-        f"train.py --work-dir {work}/stage7 --export checkpoints/protoformer-s-synthetic.pth {average}",
     ]
-    assert sum("extract_frames.py" in c for c in calls) == 1 and sum("--export" in c for c in calls) == 2
+    assert sum(f"--out {dense}" in c for c in calls) == 1 and f"--out {textures}" not in "".join(calls)
