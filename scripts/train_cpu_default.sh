@@ -23,13 +23,14 @@
 #                                    frames ($TEXTURES_MIX/videos), 1400 annealed steps
 # The textures of stages 6-9 are frames of OpenCV's sample clips megamind.avi, tree.avi and vtest.avi, read
 # from $VIDEOS (default: $PROTOFORMER_SHARED/realdata/videos, else ../shared/realdata/videos; Debian's opencv-doc
-# package has them too) and written by scripts/extract_frames.py to $TEXTURES (default: datasets/textures_videos,
+# package has them too, with megamind.avi spelt Megamind.avi: link it under the lower-case name) and written by scripts/extract_frames.py to $TEXTURES (default: datasets/textures_videos,
 # the folder configs/cpu_default_ft5.yaml names; every 9th, 4th and 40th frame), $TEXTURES_DENSE (default:
 # datasets/textures_videos_dense, named by configs/cpu_default_ft6.yaml and ft7; every 3rd, 2nd and 20th frame) and
 # $TEXTURES_MIX/videos (default datasets/textures_mix, named by configs/cpu_default_ft8.yaml; the same frames), unless
 # the folder holds the marker .complete, written after a finished extraction (an interrupted one is redone).
-# Stage 9's photographs are OpenCV's sample images (the PHOTOS list below), copied from $PHOTOS (default:
-# /usr/share/doc/opencv-doc/examples/data, where `apt-get install opencv-doc` puts them) to $TEXTURES_MIX/photos.
+# Stage 9's photographs are OpenCV's sample images (the PHOTO_FILES list below), copied from $PHOTOS (default:
+# /usr/share/doc/opencv-doc/examples/data, where `apt-get install opencv-doc` puts them) to $TEXTURES_MIX/photos;
+# the recipe checks that they are all there before it starts any stage.
 # Resumable: run it again to continue an interrupted stage (train.py exits with code 3 when a signal stops it, so
 # the chain stops there too). At the end the mean of the weights of stage 9's last 7
 # checkpoints (steps 800-1400) is exported (fp16, inferring with 12 refinement iterations; training used 8)
@@ -39,6 +40,23 @@
 set -eu
 WORK=${1:-runs/cpu_default}
 PYTHON=${PYTHON:-python}
+
+# stage 9's photographs (see above)
+PHOTOS=${PHOTOS:-/usr/share/doc/opencv-doc/examples/data}
+TEXTURES_MIX=${TEXTURES_MIX:-datasets/textures_mix}
+PHOTO_FILES="aero1.jpg aero3.jpg aloeL.jpg apple.jpg baboon.jpg board.jpg box_in_scene.png building.jpg butterfly.jpg
+chicky_512.png ela_original.jpg fruits.jpg graf1.png graf3.png home.jpg leuvenA.jpg licenseplate_motion.jpg messi5.jpg
+orange.jpg smarties.png squirrel_cls.jpg starry_night.jpg stuff.jpg Blender_Suzanne1.jpg"
+
+if [ ! -f "$TEXTURES_MIX/photos/.complete" ]; then  # stage 9 needs them: fail now, not after eight stages
+    for name in $PHOTO_FILES; do
+        if [ ! -f "$PHOTOS/$name" ]; then
+            echo "train_cpu_default.sh: photograph $PHOTOS/$name not found; set PHOTOS to OpenCV's sample" \
+                "data folder (apt-get install opencv-doc puts it in /usr/share/doc/opencv-doc/examples/data)" >&2
+            exit 2
+        fi
+    done
+fi
 
 # stage NAME CONFIG WEIGHTS [train.py options]: resume NAME if it has a checkpoint, else start it from CONFIG
 # (with the weights of the file WEIGHTS unless it is empty).
@@ -88,22 +106,10 @@ stage stage7 configs/cpu_default_ft6.yaml "$WORK/stage6/average.pth" synthetic.t
 [ -f "$WORK/stage8/checkpoints/latest.pth" ] || average stage7 "$WORK/stage7/average.pth"
 stage stage8 configs/cpu_default_ft7.yaml "$WORK/stage7/average.pth" synthetic.texture_dir "$TEXTURES_DENSE"
 [ -f "$WORK/stage9/checkpoints/latest.pth" ] || average stage8 "$WORK/stage8/average.pth"
-PHOTOS=${PHOTOS:-/usr/share/doc/opencv-doc/examples/data}
-TEXTURES_MIX=${TEXTURES_MIX:-datasets/textures_mix}
-PHOTO_FILES="aero1.jpg aero3.jpg aloeL.jpg apple.jpg baboon.jpg board.jpg box_in_scene.png building.jpg butterfly.jpg
-chicky_512.png ela_original.jpg fruits.jpg graf1.png graf3.png home.jpg leuvenA.jpg licenseplate_motion.jpg messi5.jpg
-orange.jpg smarties.png squirrel_cls.jpg starry_night.jpg stuff.jpg Blender_Suzanne1.jpg"
 
 # photos OUT: copy the photographs of PHOTO_FILES from $PHOTOS into OUT unless an earlier copy finished.
 photos() {
     if [ ! -f "$1/.complete" ]; then
-        for name in $PHOTO_FILES; do
-            if [ ! -f "$PHOTOS/$name" ]; then
-                echo "train_cpu_default.sh: photograph $PHOTOS/$name not found; set PHOTOS to OpenCV's sample" \
-                    "data folder (apt-get install opencv-doc puts it in /usr/share/doc/opencv-doc/examples/data)" >&2
-                exit 2
-            fi
-        done
         mkdir -p "$1"
         for name in $PHOTO_FILES; do cp "$PHOTOS/$name" "$1/"; done
         touch "$1/.complete"

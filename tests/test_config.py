@@ -179,14 +179,14 @@ def test_the_last_stage_resolves_to_the_config_shipped_with_the_default_checkpoi
 
 def test_the_default_checkpoint_stages_inherit_what_they_do_not_change():
     stage = {p.stem: load_config(p) for p in CONFIGS if p.stem.startswith("cpu_default")}
-    first, last = stage["cpu_default"], stage["cpu_default_ft6"]
+    first, stage7 = stage["cpu_default"], stage["cpu_default_ft6"]
     assert "_base_" in (CONFIGS[0].parent / "cpu_default_ft6.yaml").read_text()
     # named only by stage 1 and still in force at stage 7
-    assert (last.model.variant, last.model.iters, list(last.data.crop_size)) == ("protoformer-s", 6, [192, 256])
-    assert (last.train.batch_size, last.aug.max_scale) == (4, first.aug.max_scale) == (4, 0.4)
+    assert (stage7.model.variant, stage7.model.iters, list(stage7.data.crop_size)) == ("protoformer-s", 6, [192, 256])
+    assert (stage7.train.batch_size, stage7.aug.max_scale) == (4, first.aug.max_scale) == (4, 0.4)
     # changed by stages 2, 4 and 5, then inherited; and stage 7's own keys
-    assert list(last.synthetic.image_size) == [288, 384] and last.synthetic.max_displacement == 100.0
-    assert (last.train.keep_last, last.train.ckpt_freq) == (7, 100)
-    assert (last.synthetic.seed, last.synthetic.texture_image_prob, last.train.num_steps) == (8, 0.8, 1800)
+    assert list(stage7.synthetic.image_size) == [288, 384] and stage7.synthetic.max_displacement == 100.0
+    assert (stage7.train.keep_last, stage7.train.ckpt_freq) == (7, 100)
+    assert (stage7.synthetic.seed, stage7.synthetic.texture_image_prob, stage7.train.num_steps) == (8, 0.8, 1800)
     assert len({s.synthetic.seed for s in stage.values()}) == len(stage)  # every stage draws new samples
     assert (stage["cpu_default_ft8"].model.iters, stage["cpu_default_ft8"].synthetic.texture_image_prob) == (8, 0.8)

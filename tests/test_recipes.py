@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSI
 def run_recipe(tmp_path: Path, script: str, *args: str, done: tuple[str, ...] = (),
                env: dict[str, str] | None = None) -> list[str]:
     """Run ``scripts/<script>`` with PYTHON = a recorder (and ``env`` added); ``done`` stages already have a
-    latest.pth."""
+    latest.pth. The texture folders default to ``tmp_path`` (never the checkout's ``datasets/``)."""
     log = tmp_path / "calls.txt"
     recorder = tmp_path / "python"
     recorder.write_text(f'#!/bin/sh\necho "$*" >> "{log}"\n')
@@ -25,7 +25,8 @@ def run_recipe(tmp_path: Path, script: str, *args: str, done: tuple[str, ...] = 
     for stage in done:
         (tmp_path / "work" / stage / "checkpoints").mkdir(parents=True)
         (tmp_path / "work" / stage / "checkpoints" / "latest.pth").write_bytes(b"")
-    env = {**os.environ, "PYTHON": str(recorder), **(env or {})}
+    folders = {name: str(tmp_path / name.lower()) for name in ("TEXTURES", "TEXTURES_DENSE", "TEXTURES_MIX")}
+    env = {**os.environ, "PYTHON": str(recorder), **folders, **(env or {})}
     subprocess.run(["sh", str(REPO / "scripts" / script), *args], cwd=REPO, env=env, check=True,
                    capture_output=True, timeout=60)
     return log.read_text().splitlines()
@@ -94,7 +95,8 @@ def test_train_cpu_default_runs_nine_stages_then_exports(tmp_path):
         f"train.restore_ckpt {work}/stage8/average.pth",
         f"train.py --work-dir {work}/stage9 --export checkpoints/protoformer-s-synthetic.pth {average}",
     ]
-    assert len([f for f in (mix / "photos").iterdir() if not f.name.startswith(".")]) == 24 and (mix / "photos" / ".complete").is_file()
+    copied = [f for f in (mix / "photos").iterdir() if not f.name.startswith(".")]
+    assert len(copied) == 24 and (mix / "photos" / ".complete").is_file()
 
     (tmp_path / "calls.txt").unlink()
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=("stage1", "stage2", "stage3"), env=env)
@@ -119,19 +121,39 @@ def test_train_cpu_default_runs_nine_stages_then_exports(tmp_path):
 
 
 def test_train_cpu_default_stops_with_a_clear_error_without_the_photographs(tmp_path):
-    """Stage 9 needs OpenCV's sample photographs: without them the recipe stops before stage 9, naming the missing
-    file and where to get it, and copies nothing."""
-    work, mix = tmp_path / "work", tmp_path / "mix"
+    """Stage 9 needs OpenCV's sample photographs: without them the recipe stops before its first stage (not after
+    eight), naming the missing file and where to get it, and copies nothing."""
+    mix = tmp_path / "mix"
     photos = fake_photos(tmp_path)
     (photos / "baboon.jpg").unlink()
     env = {"TEXTURES_MIX": str(mix), "VIDEOS": str(tmp_path / "videos"), "PHOTOS": str(photos)}
     with pytest.raises(subprocess.CalledProcessError) as error:
-        run_recipe(tmp_path, "train_cpu_default.sh", str(work), done=tuple(f"stage{i}" for i in range(1, 9)), env=env)
+        run_recipe(tmp_path, "train_cpu_default.sh", str(tmp_path / "work"), env=env)
     assert error.value.returncode == 2
     message = error.value.stderr.decode()
     assert f"{photos}/baboon.jpg not found" in message and "opencv-doc" in message
-    assert not (mix / "photos").exists()
-    assert not any("stage9" in c for c in (tmp_path / "calls.txt").read_text().splitlines())
+    assert not mix.exists() and not (tmp_path / "calls.txt").exists()
+
+
+def test_train_cpu_default_hands_stage_8_to_stage_9(tmp_path):
+    """Stage 8 done, stage 9 not started: stage 8's average is exported right before stage 9 starts from it, with
+    the photographs copied and the video frames extracted into the two folders of the mixed texture folder."""
+    work, mix, videos = tmp_path / "work", tmp_path / "mix", tmp_path / "videos"
+    env = {"TEXTURES_MIX": str(mix), "VIDEOS": str(videos), "PHOTOS": str(fake_photos(tmp_path))}
+    calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
+                       done=tuple(f"stage{index}" for index in range(1, 9)), env=env)
+    average = "--fp16 --average 7 model.iters 12"
+    assert calls[-5:] == [
+        f"train.py --work-dir {work}/stage8 --resume synthetic.texture_dir {tmp_path}/textures_dense",
+        f"train.py --work-dir {work}/stage8 --export {work}/stage8/average.pth {average}",
+        f"scripts/extract_frames.py {videos}/megamind.avi {videos}/tree.avi {videos}/vtest.avi --every 3 2 20 "
+        f"--out {mix}/videos",
+        f"train.py --config configs/cpu_default_ft8.yaml --work-dir {work}/stage9 synthetic.texture_dir {mix} "
+        f"train.restore_ckpt {work}/stage8/average.pth",
+        f"train.py --work-dir {work}/stage9 --export checkpoints/protoformer-s-synthetic.pth {average}",
+    ]
+    assert sum("--export" in c for c in calls) == 2  # stage 8's average and the release, no other average
+    assert (mix / "photos" / "baboon.jpg").is_file() and (mix / "photos" / ".complete").is_file()
 
 
 def test_train_cpu_default_hands_stage_6_to_stage_7(tmp_path):
