@@ -186,7 +186,8 @@ def _read_config_file(path: Path, chain: tuple[Path, ...]) -> dict:
     loaded = _parse_mapping(text, str(path))
     has_base = BASE_KEY in loaded
     base = loaded.pop(BASE_KEY, None)
-    _merged_over_defaults(loaded, str(path))  # a wrong key or value is reported with the file that holds it
+    if chain:  # a base: a wrong key or value in it is reported with its own name (load_config's merge names the top)
+        _merged_over_defaults(loaded, str(path))
     if not has_base:
         return loaded
     if not isinstance(base, str) or not base:  # also `_base_:` with nothing after it (None)

@@ -23,7 +23,8 @@
 #                                    frames ($TEXTURES_MIX/videos), 1400 annealed steps
 # The textures of stages 6-9 are frames of OpenCV's sample clips megamind.avi, tree.avi and vtest.avi, read
 # from $VIDEOS (default: $PROTOFORMER_SHARED/realdata/videos, else ../shared/realdata/videos; Debian's opencv-doc
-# package has them too, with megamind.avi spelt Megamind.avi: link it under the lower-case name) and written by scripts/extract_frames.py to $TEXTURES (default: datasets/textures_videos,
+# package has them too, with megamind.avi spelt Megamind.avi: link it under the lower-case name) and written by
+# scripts/extract_frames.py to $TEXTURES (default: datasets/textures_videos,
 # the folder configs/cpu_default_ft5.yaml names; every 9th, 4th and 40th frame), $TEXTURES_DENSE (default:
 # datasets/textures_videos_dense, named by configs/cpu_default_ft6.yaml and ft7; every 3rd, 2nd and 20th frame) and
 # $TEXTURES_MIX/videos (default datasets/textures_mix, named by configs/cpu_default_ft8.yaml; the same frames), unless

@@ -120,7 +120,7 @@ class SceneParams:
             raise ValueError(f"texture_paths must be a sequence of image paths, got one path {self.texture_paths!r}")
         object.__setattr__(self, "texture_paths", tuple(str(p) for p in self.texture_paths))
         try:
-            groups = tuple(tuple(self.texture_groups[g]) for g in range(len(self.texture_groups)))
+            groups = tuple(tuple(group) for group in self.texture_groups)
         except TypeError:
             raise ValueError(f"texture_groups must be groups of image indices, got {self.texture_groups!r}") from None
         if any(not isinstance(i, (int, np.integer)) for group in groups for i in group):
