@@ -30,6 +30,7 @@ import numpy as np
 from loguru import logger
 from tqdm import tqdm
 
+from core.config import check_scales
 from core.data.formats import read_image, write_flo, write_image
 from core.inference import (
     DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, FlowEstimator, MissingCheckpointError,
@@ -290,7 +291,7 @@ def run_demo(estimator: FlowEstimator, source: Source, output: Path, save_flo: b
 
 def build_estimator(args: argparse.Namespace) -> tuple[FlowEstimator, str]:
     """The estimator the options ask for, and a sentence saying which weights it uses."""
-    options = dict(device=args.device, iters=args.iters, tile=True if args.tile else "auto")
+    options = dict(device=args.device, iters=args.iters, tile=True if args.tile else "auto", scales=args.scales)
     if args.random_init:
         if args.ckpt is not None:
             raise DemoError("--random-init and --ckpt exclude each other")
@@ -311,6 +312,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help="config file (default: the one stored with the checkpoint)")
     parser.add_argument("--random-init", action="store_true", help="untrained weights, on purpose (no checkpoint)")
     parser.add_argument("--iters", type=int, help="flow refinement iterations (default: model.iters)")
+    parser.add_argument("--scales", type=float, nargs="+", metavar="S",
+                        help="one network pass per factor on the resized frames, each from the previous pass's flow; "
+                             "e.g. 1 2: full size, then refined at twice the size (more precise, 5x the compute) "
+                             "(default: eval.scales of the config, 1)")
     parser.add_argument("--tile", action="store_true",
                         help="always use tiled inference (default: only for frames too large for one pass)")
     parser.add_argument("--save-flo", action="store_true", help="also write <stem>.flo (Middlebury format)")
@@ -326,6 +331,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max-flow must be positive")
     if args.iters is not None and args.iters < 1:
         parser.error("--iters must be >= 1")
+    if args.scales is not None:
+        try:
+            check_scales(args.scales, "--scales")
+        except ValueError as err:
+            parser.error(str(err))
     return args
 
 

@@ -46,6 +46,7 @@ from loguru import logger
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from core.config import check_scales
 from core.data.datasets import MpiSintel
 from core.data.formats import write_flo, write_kitti_flow
 from core.data.loader import build_test_dataset, build_val_dataset, is_depth_set
@@ -253,7 +254,7 @@ def write_kitti_submission(estimator: FlowEstimator, cfg, output: Path,
 
 def build_estimator(args: argparse.Namespace, pad_mode: str) -> FlowEstimator:
     options = dict(device=args.device, precision="fp16" if args.fp16 else None, iters=args.iters,
-                   tile=True if args.tile else False, pad_mode=pad_mode)
+                   tile=True if args.tile else False, pad_mode=pad_mode, scales=args.scales)
     if args.random_init:
         if args.ckpt is not None:
             raise ValueError("--random-init and --ckpt exclude each other")
@@ -273,6 +274,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="folder for --submission files")
     parser.add_argument("--warm-start", action="store_true", help="Sintel submission: warm start within each scene")
     parser.add_argument("--iters", type=int, help="flow refinement iterations (default: model.iters of the config)")
+    parser.add_argument("--scales", type=float, nargs="+", metavar="S",
+                        help="one network pass per factor on the resized frames, each from the previous pass's flow; "
+                             "e.g. 1 2: full size, then refined at twice the size (more precise, 5x the compute) "
+                             "(default: eval.scales of the config, 1)")
     parser.add_argument("--tile", action="store_true",
                         help="tiled inference (Gaussian-blended tiles of eval.tile_size, default data.crop_size)")
     parser.add_argument("--fp16", action="store_true", help="fp16 autocast (CUDA only)")
@@ -295,6 +300,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--warm-start applies to --submission sintel only")
     if args.max_samples is not None and args.max_samples < 1:
         parser.error("--max-samples must be >= 1")
+    if args.scales is not None:
+        try:
+            check_scales(args.scales, "--scales")
+        except ValueError as err:
+            parser.error(str(err))
     if (args.median_scaling is not None or args.eval_crop is not None) and args.dataset not in DEPTH_DATASETS:
         parser.error(f"--median-scaling and --eval-crop apply to the depth datasets {', '.join(DEPTH_DATASETS)}")
     return args

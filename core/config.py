@@ -19,6 +19,8 @@ from typing import Any, Iterable, Sequence
 import yaml
 from yacs.config import CfgNode as CN
 
+MIN_EVAL_SCALE, MAX_EVAL_SCALE = 0.1, 4.0  # bounds of eval.scale
+
 _C = CN()
 _C.name = "protoformer"  # run name, used in logs and checkpoint names
 _C.stage = "synthetic"  # chairs | things | sintel | kitti | synthetic | depth_* (selects the training mixture)
@@ -121,6 +123,7 @@ _C.eval = CN()
 _C.eval.tile = False
 _C.eval.tile_size = []  # H, W of tiles; empty = data.crop_size
 _C.eval.tile_min_overlap = 0.25  # fraction of the tile that neighbouring tiles share at least
+_C.eval.scales = [1.0]  # one network pass per factor on the resized frames, each from the previous pass's flow
 
 
 class UnknownConfigKeyError(KeyError):
@@ -147,6 +150,15 @@ def _coerce(value: str):
         return ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return value
+
+
+def check_scales(scales: Sequence[float], name: str) -> None:
+    """Raise a ValueError naming ``name`` unless ``scales`` is a non-empty list of numbers within the bounds."""
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales or not all(
+            isinstance(scale, (int, float)) and not isinstance(scale, bool) for scale in scales):
+        raise ValueError(f"{name} must be a non-empty list of numbers, got {scales!r}")
+    if not all(MIN_EVAL_SCALE <= scale <= MAX_EVAL_SCALE for scale in scales):
+        raise ValueError(f"{name} must lie in [{MIN_EVAL_SCALE:g}, {MAX_EVAL_SCALE:g}], got {list(scales)}")
 
 
 BASE_KEY = "_base_"
@@ -280,8 +292,11 @@ def _finish(cfg: CN, opts: Sequence[str] | Iterable[str]) -> CN:
         leaf = key.split(".")[-1]
         if not isinstance(node, CN) or leaf not in node:
             raise UnknownConfigKeyError(key)
+        value = _coerce(value) if isinstance(value, str) else value
+        if isinstance(node[leaf], float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # "eval.scale 2" means 2.0
         try:
-            cfg.merge_from_list([key, _coerce(value) if isinstance(value, str) else value])
+            cfg.merge_from_list([key, value])
         except ValueError as err:
             raise ValueError(f"config override {key}={value!r}: {err}") from None
     validate(cfg)
@@ -317,5 +332,6 @@ def validate(cfg: CN) -> None:
         raise ValueError(f"train.amp_dtype must be bfloat16 or float16, got '{cfg.train.amp_dtype}'")
     if cfg.synthetic.texture_sampling not in ("image", "folder"):
         raise ValueError(f"synthetic.texture_sampling must be image or folder, got '{cfg.synthetic.texture_sampling}'")
+    check_scales(cfg.eval.scales, "eval.scales")
     if cfg.depth.eval_crop not in ("garg", "eigen", "none"):
         raise ValueError(f"depth.eval_crop must be garg, eigen or none, got '{cfg.depth.eval_crop}'")

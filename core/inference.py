@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from scipy.interpolate import griddata
 from torch import Tensor
 from yacs.config import CfgNode
 
-from core.config import config_from_text, get_cfg_defaults, load_config, with_overrides
+from core.config import check_scales, config_from_text, get_cfg_defaults, load_config, with_overrides
 from core.metrics import disparity_to_depth
 from core.model import build_model
 from core.model.checkpoint import CheckpointError, load_weights, read_checkpoint
@@ -82,7 +82,8 @@ class Prediction:
 
     Attributes:
         flow: [B, 2, H, W] flow in pixels, or None for a depth model.
-        flow_low: [B, 2, H8, W8] 1/8-scale flow on the padded grid (the warm-start state), or None.
+        flow_low: [B, 2, H8, W8] 1/8-scale flow on the padded grid of the first pass's input (the frames resized by
+            ``FlowEstimator.scales[0]``; in its pixels): the warm-start state, or None.
         disparity: [B, 1, H, W] sigmoid disparity in (0, 1), or None for a flow model.
     """
 
@@ -131,6 +132,24 @@ def to_image_tensor(image: np.ndarray | Tensor, name: str = "image") -> Tensor:
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{name}: the image contains NaN or infinite values")
     return tensor.contiguous()
+
+
+def resize_images(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """[B, C, H, W] images resized to ``size`` (H', W'): bilinear, area-averaged (antialiased) when shrinking."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
+    """A [B, 2, H, W] flow field resized to ``size`` (H', W'), its vectors rescaled to the new pixels (u by W'/W,
+    v by H'/H)."""
+    height, width = flow.shape[-2:]
+    if (height, width) == tuple(size):
+        return flow
+    factors = torch.tensor([size[1] / width, size[0] / height], dtype=flow.dtype, device=flow.device)
+    return resize_images(flow, size) * factors.view(1, 2, 1, 1)
 
 
 def forward_interpolate(flow_low: Tensor) -> Tensor:
@@ -236,11 +255,18 @@ class FlowEstimator:
         tile: ``True`` (always tiled), ``False`` (always whole image), ``"auto"`` (tiled above
             :data:`AUTO_TILE_PIXELS` padded pixels); ``None`` = ``cfg.eval.tile``.
         pad_mode: where padding goes, ``"sintel"`` (centred) or ``"kitti"`` (rows at the bottom), as in RAFT.
+        scales: the network runs once per entry on the frames resized by that factor (bilinear up, area-averaged
+            down), each pass warm-started from the previous pass's flow; the flow comes back at the input size, in
+            input pixels (the depth head's disparity is resized only, from one pass at the last scale). ``None`` =
+            ``cfg.eval.scales``, ``[1.0]`` by default: one pass at the input size. ``[1, 2]`` finds the motion at
+            full size and refines it at twice the size: a network working on a 1/8 grid gets more precise (5x the
+            compute), while a single pass at 2x would lose the largest motions. ``flow_init`` and
+            ``Prediction.flow_low`` live on the first pass's grid.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: CfgNode, device: str | torch.device | None = None,
                  precision: str | None = None, iters: int | None = None, tile: bool | str | None = None,
-                 pad_mode: str = "sintel"):
+                 pad_mode: str = "sintel", scales: Sequence[float] | None = None):
         self.cfg = cfg
         self.device = resolve_device(device)
         self.precision = precision or "fp32"
@@ -262,6 +288,9 @@ class FlowEstimator:
         self.tile_size = (int(tile_size[0]), int(tile_size[1]))
         self.tile_min_overlap = float(cfg.eval.tile_min_overlap)
         self.pad_mode = pad_mode
+        scales = list(cfg.eval.scales if scales is None else scales)
+        check_scales(scales, "scales")
+        self.scales = [float(scale) for scale in scales]
         self.model = model.to(self.device).eval()
 
     # ------------------------------------------------------------------------------------------- construction
@@ -269,7 +298,8 @@ class FlowEstimator:
     def from_checkpoint(cls, checkpoint: str | Path | None = None,
                         config: str | Path | CfgNode | None = None, device: str | torch.device | None = None,
                         precision: str | None = None, iters: int | None = None, tile: bool | str | None = None,
-                        pad_mode: str = "sintel", opts: Iterable[str] = ()) -> "FlowEstimator":
+                        pad_mode: str = "sintel", scales: Sequence[float] | None = None,
+                        opts: Iterable[str] = ()) -> "FlowEstimator":
         """Build the network a checkpoint needs and load it.
 
         ``checkpoint`` (default: the shipped :data:`DEFAULT_CHECKPOINT` of this repository, wherever the caller
@@ -289,7 +319,8 @@ class FlowEstimator:
         cfg = resolve_config(path, raw, config, opts)
         model = load_weights(build_model(cfg), raw)
         logger.info(f"loaded {path} ({cfg.model.variant}, type {cfg.model.type})")
-        return cls(model, cfg, device=device, precision=precision, iters=iters, tile=tile, pad_mode=pad_mode)
+        return cls(model, cfg, device=device, precision=precision, iters=iters, tile=tile, pad_mode=pad_mode,
+                   scales=scales)
 
     @classmethod
     def from_random_init(cls, config: str | Path | CfgNode | None = None, seed: int | None = None,
@@ -320,7 +351,7 @@ class FlowEstimator:
         return {
             "variant": self.cfg.model.variant, "type": self.cfg.model.type, "iters": self.iters,
             "tile": self.tile, "tile_size": list(self.tile_size), "tile_min_overlap": self.tile_min_overlap,
-            "precision": self.precision, "device": str(self.device), "pad_mode": self.pad_mode,
+            "precision": self.precision, "device": str(self.device), "pad_mode": self.pad_mode, "scales": self.scales,
         }
 
     # ------------------------------------------------------------------------------------------- tensor API
@@ -349,43 +380,79 @@ class FlowEstimator:
 
     @torch.inference_mode()
     def run(self, image1: Tensor, image2: Tensor | None = None, flow_init: Tensor | None = None) -> Prediction:
-        """Run the network on a batch.
+        """Run the network on a batch: one pass per entry of ``scales``, each from the previous pass's flow.
 
         Args:
             image1, image2: [B, 3, H, W] float RGB in 0..255 (any H, W). ``image2`` is needed for flow; without it a
-                depth or joint model predicts the depth of ``image1`` only.
-            flow_init: [B, 2, H8, W8] warm start on the padded 1/8 grid (``Prediction.flow_low`` of this size, e.g.
-                ``forward_interpolate(previous.flow_low)``), or None.
+                depth or joint model predicts the depth of ``image1`` only (one pass, at the last scale).
+            flow_init: [B, 2, H8, W8] warm start of the first pass, on the padded 1/8 grid of its input (the frames
+                resized by ``scales[0]``): ``Prediction.flow_low`` of this size, e.g.
+                ``forward_interpolate(previous.flow_low)``, or None.
 
         Returns:
             :class:`Prediction` on the CPU, cropped back to H x W.
         """
         if image2 is None and not self.predicts_depth:
             raise ValueError("a flow model needs two images (image2 is None)")
-        padder = InputPadder(image1.shape, mode=self.pad_mode, min_size=self.model.min_size)
         inputs = [image1.to(self.device, torch.float32)]
         if image2 is not None:
             if image2.shape != image1.shape:
                 raise ValueError(f"the two images must have the same size, got {tuple(image1.shape)} and "
                                  f"{tuple(image2.shape)}")
             inputs.append(image2.to(self.device, torch.float32))
-        padded = padder.pad(*inputs)
         if flow_init is not None:
-            expected = (image1.shape[0], 2, padder.padded_shape[0] // 8, padder.padded_shape[1] // 8)
+            expected = (image1.shape[0], 2, *self._eighth_grid(*image1.shape[-2:]))
             if tuple(flow_init.shape) != expected:
-                raise ValueError(f"flow_init must be {list(expected)} (1/8 of the padded input), "
+                raise ValueError(f"flow_init must be {list(expected)} (1/8 of the padded network input), "
                                  f"got {list(flow_init.shape)}")
             flow_init = flow_init.to(self.device, torch.float32)
+        if image2 is None:
+            return self._pass(inputs, self.scales[-1], None)
+        prediction = self._pass(inputs, self.scales[0], flow_init)
+        for scale in self.scales[1:]:
+            refined = self._pass(inputs, scale, self.eighth_scale_flow(prediction.flow, scale).to(self.device))
+            prediction = Prediction(flow=refined.flow, disparity=refined.disparity,
+                                    flow_low=self.eighth_scale_flow(refined.flow, self.scales[0]))
+        return prediction
 
-        if image2 is not None and self._uses_tiles(padder.padded_shape):
+    def _pass(self, inputs: list[Tensor], scale: float, flow_init: Tensor | None) -> Prediction:
+        """One network pass on the frames resized by ``scale`` (``flow_init`` on that pass's padded 1/8 grid)."""
+        size = tuple(inputs[0].shape[-2:])
+        resized = [resize_images(image, self.network_size(*size, scale)) for image in inputs]
+        padder = InputPadder(resized[0].shape, mode=self.pad_mode, min_size=self.model.min_size)
+        padded = padder.pad(*resized)
+        if len(padded) == 2 and self._uses_tiles(padder.padded_shape):
             out = self._run_tiled(padded[0], padded[1], flow_init)
         else:
-            out = self._forward_padded(padded[0], padded[1] if image2 is not None else None, flow_init)
+            out = self._forward_padded(padded[0], padded[1] if len(padded) == 2 else None, flow_init)
         return Prediction(
-            flow=padder.unpad(out["flow"]).cpu().contiguous() if "flow" in out else None,
+            flow=resize_flow(padder.unpad(out["flow"]), size).cpu().contiguous() if "flow" in out else None,
             flow_low=out["flow_low"].cpu() if "flow_low" in out else None,
-            disparity=padder.unpad(out["disparity"]).cpu().contiguous() if "disparity" in out else None,
+            disparity=resize_images(padder.unpad(out["disparity"]), size).cpu().contiguous()
+            if "disparity" in out else None,
         )
+
+    def network_size(self, height: int, width: int, scale: float | None = None) -> tuple[int, int]:
+        """The (H, W) the network runs at for an input of ``height`` x ``width`` (before padding): ``scale``
+        (default: the first of ``scales``) times it, rounded."""
+        scale = self.scales[0] if scale is None else scale
+        if scale == 1.0:
+            return height, width
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def _eighth_grid(self, height: int, width: int, scale: float | None = None) -> tuple[int, int]:
+        """(H8, W8) of the padded 1/8 grid of a pass at ``scale`` (default: the first) over ``height`` x ``width``."""
+        padder = InputPadder(self.network_size(height, width, scale), mode=self.pad_mode, min_size=self.model.min_size)
+        return padder.padded_shape[0] // 8, padder.padded_shape[1] // 8
+
+    def eighth_scale_flow(self, flow: Tensor, scale: float | None = None) -> Tensor:
+        """A full-resolution flow [B, 2, H, W] (input pixels) as the warm start of a pass at ``scale`` (default: the
+        first of ``scales``): resized to that pass's input, padded, averaged over 8x8 cells, in 1/8-grid pixels
+        [B, 2, H8, W8]."""
+        resized = resize_flow(flow.float(), self.network_size(*flow.shape[-2:], scale))
+        padder = InputPadder(resized.shape, mode=self.pad_mode, min_size=self.model.min_size)
+        (padded,) = padder.pad(resized)
+        return F.avg_pool2d(padded, kernel_size=8) / 8.0
 
     def _run_tiled(self, image1: Tensor, image2: Tensor, flow_init: Tensor | None) -> dict[str, Tensor]:
         grid = TileGrid.plan(image1.shape[-2], image1.shape[-1], self.tile_size, self.tile_min_overlap)
@@ -431,9 +498,7 @@ class FlowEstimator:
         if tuple(tensor.shape) != (2, *size):
             raise ValueError(f"flow_init must be [H, W, 2] (numpy) or [2, H, W] (torch) with H, W = {tuple(size)}, "
                              f"got {tuple(np.shape(flow))}")
-        padder = InputPadder(tensor.shape, mode=self.pad_mode, min_size=self.model.min_size)
-        (padded,) = padder.pad(tensor[None])
-        return F.avg_pool2d(padded, kernel_size=8) / 8.0
+        return self.eighth_scale_flow(tensor[None])
 
     @staticmethod
     def _flow_numpy(prediction: Prediction) -> np.ndarray:

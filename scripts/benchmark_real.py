@@ -1,7 +1,7 @@
 """Real-image benchmark: ProtoFormer against OpenCV DIS (medium preset) and Farneback on real photographs.
 
     python scripts/benchmark_real.py                                    # default checkpoint, $PROTOFORMER_SHARED/realdata
-    python scripts/benchmark_real.py --ckpt /tmp/pf.pth --scale 1 0.5 --previews docs/real
+    python scripts/benchmark_real.py --ckpt /tmp/pf.pth --scales 1 1,2 --previews docs/real
     python scripts/benchmark_real.py --data DIR --iters 12 --out runs/benchmark_real/results.json
 
 Accuracy is measured on the Middlebury 2014 "Motorcycle" stereo pair (``DIR/motorcycle``: ``im0.png`` left,
@@ -11,16 +11,19 @@ over the valid pixels: EPE (mean end-point error, px), 1px / 3px (share of pixel
 (percent of pixels with EPE > 3 px and > 5 % of the true motion). The runtime is the wall time of that one call
 (``im0`` and ``im1`` as uint8 RGB in, flow out; model loading excluded, no warm-up) on this machine.
 
-The network can also be run at scaled resolutions (``--scale 1 0.5``: one row per scale): the frames are resized
-by the factor, and the flow is resized back and its vectors divided by the factor. DIS and Farneback always run at
-full resolution. Stereo pairs have purely horizontal motion, which none of the methods is told. A last row, zero
-flow, shows where chance lies (its EPE is the mean true motion).
+The network can also be run at scaled resolutions (``--scales 1 0.5``: one row per item): the frames are resized
+by the factor, and the flow is resized back and its vectors divided by the factor; ``1,2`` is a cascade (a pass at
+full size, then one at twice the size started from its flow: ``FlowEstimator``'s ``scales``). Without
+``--scales`` the row uses ``eval.scales`` of the config. DIS and Farneback always run at full resolution. Stereo
+pairs have purely horizontal motion, which none of the methods is told. A last row, zero flow, shows where chance
+lies (its EPE is the mean true motion).
 
 Outputs: a Markdown table on stdout (ready for the README), ``--out`` (JSON with every number and the settings),
 and with ``--previews DIR`` small PNGs for visual checks: ``motorcycle.png`` (image | GT | ours | DIS, one colour
 scale: the largest valid GT motion), ``rubberwhale.png``, ``basketball.png`` and, from the clips in ``DIR/videos``,
 ``video_vtest.png``, ``video_megamind.png``, ``video_tree.png`` (image | ours | DIS, one colour scale per pair: the
-99th percentile of the DIS motion; the frames used are in :data:`VIDEO_PAIRS`), where ours is the first ``--scale``.
+99th percentile of the DIS motion; the frames used are in :data:`VIDEO_PAIRS`), where ours is the first
+``--scales`` item.
 A missing folder or clip only skips its preview, with a warning.
 """
 
@@ -45,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from core.config import check_scales  # noqa: E402
 from core.data.formats import read_flo, read_image, read_mask, write_image  # noqa: E402
 from core.flow_backends import FlowFn, make_flow_backend  # noqa: E402
 from core.inference import (  # noqa: E402
@@ -67,6 +71,7 @@ VISUAL_PAIRS = ("rubberwhale", "basketball")  # folders with frame1.png, frame2.
 VIDEO_PAIRS = {"vtest": ("vtest.avi", 200, 202), "megamind": ("megamind.avi", 30, 31), "tree": ("tree.avi", 60, 61)}
 REPORTED_METRICS = ("epe", "1px", "3px", "fl_all")
 PREVIEW_TILE_WIDTH = 200  # px, width of each panel of a preview image
+DIS_MEDIUM = "DIS (OpenCV, medium)"
 VISUAL_RADIUS_PERCENTILE = 99.0  # colour scale of the pairs without ground truth
 ZERO_FLOW = "zero flow (reference)"
 MOTION_BINS = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, math.inf)  # px, ranges of the true motion length for the EPE split
@@ -156,38 +161,39 @@ def load_video_pair(data: Path, name: str) -> tuple[np.ndarray, np.ndarray] | No
 # ----------------------------------------------------------------------------------------------- methods
 
 
-def scaled(flow_fn: FlowFn, scale: float) -> FlowFn:
-    """Run ``flow_fn`` on frames resized by ``scale``; return the flow at the input size, in input pixels."""
-    if scale == 1.0:
-        return flow_fn
-
-    def flow_at_scale(image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
-        height, width = image1.shape[:2]
-        size = (max(8, round(width * scale)), max(8, round(height * scale)))
-        interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
-        flow = flow_fn(*(cv2.resize(image, size, interpolation=interpolation) for image in (image1, image2)))
-        flow = cv2.resize(flow, (width, height), interpolation=cv2.INTER_LINEAR)
-        return flow * np.array([width / size[0], height / size[1]], np.float32)
-
-    return flow_at_scale
-
-
 def zero_flow(image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
     """The reference a method must beat: no motion anywhere (its EPE is the mean true motion)."""
     return np.zeros((*image1.shape[:2], 2), np.float32)
 
 
-def build_methods(ckpt: Path, config: Path | None, iters: int | None, scales: list[float]) -> list[Method]:
-    """ProtoFormer at every scale, then DIS (medium) and Farneback (the settings of :mod:`core.flow_backends`),
-    then the zero-flow reference."""
-    estimator = FlowEstimator.from_checkpoint(ckpt, config=config, iters=iters)
-    described = {"checkpoint": str(ckpt), **estimator.describe()}
-    methods = [Method(f"ProtoFormer ({estimator.cfg.model.variant}, {estimator.iters} it, scale {scale:g})",
-                      scaled(estimator.predict, scale), {**described, "scale": scale}) for scale in scales]
-    methods.append(Method("DIS (OpenCV, medium)", make_flow_backend("dis"), {"preset": "medium", "scale": 1.0}))
-    methods.append(Method("Farneback (OpenCV)", make_flow_backend("farneback"), {"scale": 1.0}))
-    methods.append(Method(ZERO_FLOW, zero_flow, {"scale": 1.0}))
+def cascade(text: str) -> list[float]:
+    """``--scales`` item: ``"1"`` (one pass) or ``"1,2"`` (a pass at full size, then one at twice the size)."""
+    try:
+        scales = [float(part) for part in text.split(",")]
+        check_scales(scales, "--scales")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+    return scales
+
+
+def build_methods(ckpt: Path, config: Path | None, iters: int | None,
+                  cascades: list[list[float]] | None) -> list[Method]:
+    """ProtoFormer with every cascade of scales (``None``: the config's ``eval.scales``), then DIS (medium) and
+    Farneback (the settings of :mod:`core.flow_backends`), then the zero-flow reference."""
+    loaded = FlowEstimator.from_checkpoint(ckpt, config=config, iters=iters)
+    estimators = [loaded] if cascades is None else [
+        FlowEstimator(loaded.model, loaded.cfg, device=loaded.device, iters=loaded.iters, scales=scales)
+        for scales in cascades]
+    methods = [Method(f"ProtoFormer ({e.cfg.model.variant}, {e.iters} it, {_scales_name(e.scales)})", e.predict,
+                      {"checkpoint": str(ckpt), **e.describe()}) for e in estimators]
+    methods.append(Method(DIS_MEDIUM, make_flow_backend("dis"), {"preset": "medium", "scales": [1.0]}))
+    methods.append(Method("Farneback (OpenCV)", make_flow_backend("farneback"), {"scales": [1.0]}))
+    methods.append(Method(ZERO_FLOW, zero_flow, {"scales": [1.0]}))
     return methods
+
+
+def _scales_name(scales: list[float]) -> str:
+    return f"scale {scales[0]:g}" if len(scales) == 1 else "scales " + ",".join(f"{scale:g}" for scale in scales)
 
 
 def timed_flow(flow_fn: FlowFn, image1: np.ndarray, image2: np.ndarray) -> tuple[np.ndarray, float]:
@@ -302,27 +308,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="JSON result file (default: runs/benchmark_real/results.json)")
     parser.add_argument("--previews", type=Path, metavar="DIR", help="also write preview PNGs into DIR")
-    parser.add_argument("--scale", type=float, nargs="+", default=[1.0], metavar="S",
-                        help="run the network on frames resized by S (one row per value; default 1)")
+    parser.add_argument("--scales", type=cascade, nargs="+", metavar="S[,S...]",
+                        help="one row per item: the network on frames resized by S, or a cascade of passes (1,2: "
+                             "full size, then refined at twice the size) (default: eval.scales of the config, 1)")
     args = parser.parse_args(argv)
     if args.iters is not None and args.iters < 1:
         parser.error(f"--iters must be >= 1, got {args.iters}")
-    if any(not 0.05 <= scale <= 4.0 for scale in args.scale):
-        parser.error(f"--scale must lie in [0.05, 4], got {args.scale}")
     return args
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole benchmark; returns what is written to ``--out``."""
     pair = load_stereo_pair(args.data)
-    methods = build_methods(args.ckpt, args.config, args.iters, args.scale)
+    methods = build_methods(args.ckpt, args.config, args.iters, args.scales)
     rows, flows = [], []
     for method in methods:
         metrics, flow = evaluate(method, pair)
         rows.append({"method": method.name, "settings": method.settings, "metrics": metrics,
                      "epe_by_motion": epe_by_motion(flow, pair.flow, pair.valid)})
         flows.append(flow)
-    ours, dis = methods[0], methods[len(args.scale)]  # the first scale; build_methods puts DIS after the scales
+    ours, dis = methods[0], next(method for method in methods if method.name == DIS_MEDIUM)  # ours: the first scale
     result: dict[str, Any] = {
         "pair": STEREO_PAIR, "data": str(args.data), "size": list(pair.flow.shape[:2]),
         "valid_pixels": int(pair.valid.sum()), "direction": "im0 -> im1 (left to right), gt = (-disparity, 0)",

@@ -76,13 +76,13 @@ def test_generated_pair_metrics_json_and_previews(tmp_path, ckpt, stereo, messag
     out = tmp_path / "out" / "results.json"
     previews = tmp_path / "previews"
     argv = ["--ckpt", str(ckpt), "--data", str(data), "--out", str(out), "--previews", str(previews),
-            "--scale", "1", "0.5"]
+            "--scales", "1", "0.5"]
     assert benchmark_real.main(argv) == 0
 
     result = json.loads(out.read_text())
     names = [row["method"] for row in result["rows"]]
     assert len(names) == 5 and names[2:] == ["DIS (OpenCV, medium)", "Farneback (OpenCV)", "zero flow (reference)"]
-    assert [row["settings"]["scale"] for row in result["rows"]] == [1.0, 0.5, 1.0, 1.0, 1.0]
+    assert [row["settings"]["scales"] for row in result["rows"]] == [[1.0], [0.5], [1.0], [1.0], [1.0]]
     assert result["rows"][0]["settings"]["iters"] == 1 and result["rows"][0]["settings"]["checkpoint"] == str(ckpt)
     assert result["size"] == list(SIZE) and result["valid_pixels"] == int(truth["valid"].sum())
     for row in result["rows"]:
@@ -157,19 +157,24 @@ def test_video_previews_use_the_listed_frames(tmp_path, monkeypatch, messages):
         benchmark_real.load_video_pair(data, "clip")
 
 
-def test_scaled_flow_is_resized_and_rescaled():
-    seen = []
+def test_scales_default_to_the_config_and_cascades_are_named(tmp_path, ckpt, stereo):
+    data, _ = stereo
+    args = ["--ckpt", str(ckpt), "--data", str(data), "--out", str(tmp_path / "r.json")]
+    config = _config_with_scales(tmp_path, [0.5])
+    rows = benchmark_real.run(benchmark_real.parse_args([*args, "--config", str(config)]))["rows"]
+    assert rows[0]["settings"]["scales"] == [0.5] and "scale 0.5)" in rows[0]["method"]
+    rows = benchmark_real.run(benchmark_real.parse_args([*args, "--scales", "1,2"]))["rows"]
+    assert rows[0]["settings"]["scales"] == [1.0, 2.0] and "scales 1,2)" in rows[0]["method"]
+    assert benchmark_real.run(benchmark_real.parse_args(args))["rows"][0]["settings"]["scales"] == [1.0]
+    for bad in ("5", "1,x", ""):
+        with pytest.raises(SystemExit):
+            benchmark_real.parse_args([*args, "--scales", bad])
 
-    def constant_flow(image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
-        seen.append(image1.shape)
-        return np.broadcast_to(np.float32([2.0, -1.0]), (*image1.shape[:2], 2)).copy()
 
-    image = np.zeros((40, 60, 3), np.uint8)
-    flow = benchmark_real.scaled(constant_flow, 0.5)(image, image)
-    assert seen == [(20, 30, 3)] and flow.shape == (40, 60, 2)
-    np.testing.assert_allclose(flow[..., 0], 4.0)
-    np.testing.assert_allclose(flow[..., 1], -2.0)
-    assert benchmark_real.scaled(constant_flow, 1.0) is constant_flow
+def _config_with_scales(tmp_path: Path, scales: list[float]) -> Path:
+    path = tmp_path / "scaled.yaml"
+    path.write_text(f"_base_: {REPO / 'configs' / 'synthetic.yaml'}\nmodel:\n  iters: 1\neval:\n  scales: {scales}\n")
+    return path
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path, ckpt, messages):

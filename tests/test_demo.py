@@ -106,6 +106,18 @@ def test_video_is_read_frame_by_frame(tmp_path, ckpt):
     assert sorted(p.name for p in limited.glob("*_flow.png")) == ["clip_000000_flow.png"]
 
 
+def test_scales_run_the_network_on_resized_frames(tmp_path, ckpt):
+    formats.write_image(tmp_path / "a.png", _frame(0))
+    formats.write_image(tmp_path / "b.png", _frame(1))
+    pair = ["--input", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--ckpt", str(ckpt), "--save-flo"]
+    assert demo.main([*pair, "--output", str(tmp_path / "half"), "--scales", "0.5"]) == 0
+    assert demo.main([*pair, "--output", str(tmp_path / "full")]) == 0
+    half, full = (formats.read_flo(tmp_path / name / "a.flo") for name in ("half", "full"))
+    assert half.shape == full.shape == (*SIZE, 2) and not np.array_equal(half, full)
+    with pytest.raises(SystemExit):
+        demo.parse_args([*pair, "--scales", "0"])
+
+
 def test_explicit_pair_errors(tmp_path, ckpt, messages):
     formats.write_image(tmp_path / "a.png", _frame(0))
     formats.write_image(tmp_path / "wide.png", _frame(1, (36, 60)))

@@ -201,6 +201,8 @@ def test_missing_dataset_and_bad_arguments(setup, tmp_path):
         evaluate.parse_args(["--dataset", "sintel", "--submission", "kitti"])
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--submission", "kitti"])  # needs --output
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--dataset", "sintel", "--scales", "1", "0"])
 
 
 def test_tiled_evaluation_records_its_options(setup):
@@ -210,6 +212,7 @@ def test_tiled_evaluation_records_its_options(setup):
     assert evaluate.main(args) == 0
     report = json.loads(out.read_text())
     assert report["options"]["tile"] is True and report["options"]["iters"] == 1
+    assert report["options"]["scales"] == [1.0]
     assert report["options"]["tile_size"] == [16, 32]
     assert report["options"]["overrides"][-2:] == ["eval.tile_size", "[16, 32]"]
     estimator = FlowEstimator.from_checkpoint(setup["ckpt"], device="cpu", pad_mode="kitti", iters=1, tile=True,

@@ -357,3 +357,82 @@ def test_unavailable_or_unknown_device_is_a_clear_error():
         FlowEstimator(model, cfg, device="cuda:1")
     with pytest.raises(ValueError, match="--device must be auto, cpu, cuda or cuda:N, got 'gpu'"):
         FlowEstimator(model, cfg, device="gpu")
+
+
+# ----------------------------------------------------------------------------------------------- input scales
+
+
+class _KnownStepNet(torch.nn.Module):
+    """A stand-in network that records the size it runs at and answers its warm start (nearest-upsampled, in its
+    pixels) plus a fixed step of (8, -4) of its pixels."""
+
+    min_size, predicts_flow, predicts_depth = 0, True, False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, image1, image2, iters, flow_init=None):
+        self.seen.append(tuple(image1.shape[-2:]))
+        batch, _, height, width = image1.shape
+        flow = torch.tensor([8.0, -4.0]).view(1, 2, 1, 1).expand(batch, 2, height, width)
+        if flow_init is not None:
+            flow = flow + 8.0 * flow_init.repeat_interleave(8, -2).repeat_interleave(8, -1)
+        return {"flow": [flow], "flow_low": F.avg_pool2d(flow, 8) / 8.0}
+
+
+@pytest.mark.parametrize("scale, size, network, padded", [
+    (2.0, (40, 48), (80, 96), (80, 96)),
+    (0.5, (40, 48), (20, 24), (24, 24)),
+    (1.5, (41, 50), (62, 75), (64, 80)),
+])
+def test_the_network_runs_on_resized_frames_and_the_flow_comes_back_in_input_pixels(scale, size, network, padded):
+    net = _KnownStepNet()
+    estimator = FlowEstimator(net, small_cfg(), device="cpu", scales=[scale])
+    assert estimator.network_size(*size) == network and estimator.describe()["scales"] == [scale]
+    image1, image2 = textured_pair(*size)
+    flow = estimator.predict(image1, image2)
+    assert net.seen == [padded] and flow.shape == (*size, 2)
+    np.testing.assert_allclose(flow[..., 0], 8.0 * size[1] / network[1], rtol=1e-6)  # u in input pixels
+    np.testing.assert_allclose(flow[..., 1], -4.0 * size[0] / network[0], rtol=1e-6)
+    # a full-resolution guess and the warm start of a sequence live on the resized frames' grid
+    estimator.predict(image1, image2, flow_init=flow)
+    list(estimator.predict_sequence([image1, image2, image1], warm_start=True))
+    assert net.seen[1:] == [padded] * 3
+
+
+def test_a_cascade_refines_the_first_pass_at_the_next_scale():
+    net = _KnownStepNet()
+    estimator = FlowEstimator(net, small_cfg(), device="cpu", scales=[1, 2])
+    image1, image2 = textured_pair(40, 48)
+    prediction = estimator.run(to_image_tensor(image1)[None], to_image_tensor(image2)[None])
+    assert net.seen == [(40, 48), (80, 96)]
+    # pass 1: (8, -4) px; pass 2 starts from it, (16, -8) of its pixels, adds (8, -4) and halves: (12, -6) px
+    torch.testing.assert_close(prediction.flow, torch.tensor([12.0, -6.0]).view(1, 2, 1, 1).expand(1, 2, 40, 48))
+    # the warm-start state for the next pair lives on the first pass's grid, in its pixels
+    torch.testing.assert_close(prediction.flow_low, torch.tensor([1.5, -0.75]).view(1, 2, 1, 1).expand(1, 2, 5, 6))
+    sequence = list(estimator.predict_sequence([image1, image2, image1], warm_start=True))
+    assert len(sequence) == 2 and net.seen[2:] == [(40, 48), (80, 96)] * 2
+    # pass 1 from the carried 1.5 cells: 12 + 8 = 20 px; pass 2 from 40 of its pixels: (40 + 8) / 2 = 24 px
+    np.testing.assert_allclose(sequence[1][..., 0], 24.0)
+
+
+def test_resize_flow_rescales_the_vectors_to_the_new_pixels():
+    flow = torch.zeros(1, 2, 10, 20)
+    flow[:, 0], flow[:, 1] = 3.0, -2.0
+    resized = core.inference.resize_flow(flow, (20, 30))
+    assert resized.shape == (1, 2, 20, 30)
+    torch.testing.assert_close(resized[:, 0], torch.full((1, 20, 30), 4.5))  # 3 px * 30 / 20
+    torch.testing.assert_close(resized[:, 1], torch.full((1, 20, 30), -4.0))  # -2 px * 20 / 10
+    assert core.inference.resize_flow(flow, (10, 20)) is flow
+
+
+def test_scales_come_from_the_config_and_are_checked():
+    assert FlowEstimator(_KnownStepNet(), small_cfg("eval.scales", "[1, 2]"), device="cpu").scales == [1.0, 2.0]
+    assert FlowEstimator(_KnownStepNet(), small_cfg("eval.scales", "[2]"), device="cpu", scales=[1]).scales == [1.0]
+    with pytest.raises(ValueError, match=r"scales must lie in \[0.1, 4\], got \[0\]"):
+        FlowEstimator(_KnownStepNet(), small_cfg(), device="cpu", scales=[0])
+    with pytest.raises(ValueError, match="scales must be a non-empty list"):
+        FlowEstimator(_KnownStepNet(), small_cfg(), device="cpu", scales=[])
+    with pytest.raises(ValueError, match=r"eval.scales must lie in \[0.1, 4\], got \[1, 5\]"):
+        small_cfg("eval.scales", "[1, 5]")
