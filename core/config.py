@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import ast
 import difflib
+import numbers
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import yaml
 from yacs.config import CfgNode as CN
 
-MIN_EVAL_SCALE, MAX_EVAL_SCALE = 0.1, 4.0  # bounds of eval.scale
+MIN_EVAL_SCALE, MAX_EVAL_SCALE = 0.1, 4.0  # bounds of every factor of eval.scales
 
 _C = CN()
 _C.name = "protoformer"  # run name, used in logs and checkpoint names
@@ -155,7 +156,7 @@ def _coerce(value: str):
 def check_scales(scales: Sequence[float], name: str) -> None:
     """Raise a ValueError naming ``name`` unless ``scales`` is a non-empty list of numbers within the bounds."""
     if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales or not all(
-            isinstance(scale, (int, float)) and not isinstance(scale, bool) for scale in scales):
+            isinstance(scale, numbers.Real) and not isinstance(scale, bool) for scale in scales):
         raise ValueError(f"{name} must be a non-empty list of numbers, got {scales!r}")
     if not all(MIN_EVAL_SCALE <= scale <= MAX_EVAL_SCALE for scale in scales):
         raise ValueError(f"{name} must lie in [{MIN_EVAL_SCALE:g}, {MAX_EVAL_SCALE:g}], got {list(scales)}")
@@ -294,7 +295,7 @@ def _finish(cfg: CN, opts: Sequence[str] | Iterable[str]) -> CN:
             raise UnknownConfigKeyError(key)
         value = _coerce(value) if isinstance(value, str) else value
         if isinstance(node[leaf], float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)  # "eval.scale 2" means 2.0
+            value = float(value)  # "train.lr 1" means 1.0
         try:
             cfg.merge_from_list([key, value])
         except ValueError as err:

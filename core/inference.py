@@ -78,7 +78,7 @@ def missing_checkpoint_message(path: str | Path) -> str:
 
 @dataclass
 class Prediction:
-    """Raw outputs of one forward pass, at the input size, float32 on the CPU.
+    """Raw outputs of :meth:`FlowEstimator.run` (all its passes), at the input size, float32 on the CPU.
 
     Attributes:
         flow: [B, 2, H, W] flow in pixels, or None for a depth model.
@@ -135,7 +135,7 @@ def to_image_tensor(image: np.ndarray | Tensor, name: str = "image") -> Tensor:
 
 
 def resize_images(images: Tensor, size: tuple[int, int]) -> Tensor:
-    """[B, C, H, W] images resized to ``size`` (H', W'): bilinear, area-averaged (antialiased) when shrinking."""
+    """[B, C, H, W] images resized to ``size`` (H', W'): bilinear, antialiased (a widened filter) when shrinking."""
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
@@ -255,12 +255,14 @@ class FlowEstimator:
         tile: ``True`` (always tiled), ``False`` (always whole image), ``"auto"`` (tiled above
             :data:`AUTO_TILE_PIXELS` padded pixels); ``None`` = ``cfg.eval.tile``.
         pad_mode: where padding goes, ``"sintel"`` (centred) or ``"kitti"`` (rows at the bottom), as in RAFT.
-        scales: the network runs once per entry on the frames resized by that factor (bilinear up, area-averaged
+        scales: the network runs once per entry on the frames resized by that factor (bilinear up, antialiased
             down), each pass warm-started from the previous pass's flow; the flow comes back at the input size, in
-            input pixels (the depth head's disparity is resized only, from one pass at the last scale). ``None`` =
-            ``cfg.eval.scales``, ``[1.0]`` by default: one pass at the input size. ``[1, 2]`` finds the motion at
-            full size and refines it at twice the size: a network working on a 1/8 grid gets more precise (5x the
-            compute), while a single pass at 2x would lose the largest motions. ``flow_init`` and
+            input pixels. The depth head's disparity is resized only; a depth model runs one pass, at the last
+            scale, and a joint model's disparity comes from the last pass. ``None`` = ``cfg.eval.scales``,
+            ``[1.0]`` by default: one pass at the input size. ``[1, 2]`` finds the motion at full size and refines
+            it at twice the size: a network working on a 1/8 grid gets more precise, while a single pass at 2x
+            would lose the largest motions. The second pass has 4x the pixels and a 16x larger all-pairs cost
+            volume (about 14x the runtime of one pass on a 741x500 pair on the CPU). ``flow_init`` and
             ``Prediction.flow_low`` live on the first pass's grid.
     """
 
@@ -406,17 +408,20 @@ class FlowEstimator:
                 raise ValueError(f"flow_init must be {list(expected)} (1/8 of the padded network input), "
                                  f"got {list(flow_init.shape)}")
             flow_init = flow_init.to(self.device, torch.float32)
-        if image2 is None:
-            return self._pass(inputs, self.scales[-1], None)
-        prediction = self._pass(inputs, self.scales[0], flow_init)
-        for scale in self.scales[1:]:
-            refined = self._pass(inputs, scale, self.eighth_scale_flow(prediction.flow, scale).to(self.device))
-            prediction = Prediction(flow=refined.flow, disparity=refined.disparity,
-                                    flow_low=self.eighth_scale_flow(refined.flow, self.scales[0]))
-        return prediction
+        if image2 is None or not self.predicts_flow:  # a depth model ignores image2: one pass, at the last scale
+            out = self._pass(inputs[:1], self.scales[-1], None)
+        else:
+            out = self._pass(inputs, self.scales[0], flow_init)
+            for scale in self.scales[1:]:
+                out = self._pass(inputs, scale, self.eighth_scale_flow(out["flow"], scale))
+            if len(self.scales) > 1:
+                out["flow_low"] = self.eighth_scale_flow(out["flow"], self.scales[0])
+        return Prediction(**{key: value.cpu().contiguous() for key, value in out.items()})
 
-    def _pass(self, inputs: list[Tensor], scale: float, flow_init: Tensor | None) -> Prediction:
-        """One network pass on the frames resized by ``scale`` (``flow_init`` on that pass's padded 1/8 grid)."""
+    def _pass(self, inputs: list[Tensor], scale: float, flow_init: Tensor | None) -> dict[str, Tensor]:
+        """One network pass on the frames resized by ``scale`` (``flow_init`` on that pass's padded 1/8 grid).
+        Returns flow and disparity at the input size (flow in input pixels) and the pass's own flow_low, on the
+        device; those the model predicts."""
         size = tuple(inputs[0].shape[-2:])
         resized = [resize_images(image, self.network_size(*size, scale)) for image in inputs]
         padder = InputPadder(resized[0].shape, mode=self.pad_mode, min_size=self.model.min_size)
@@ -425,12 +430,11 @@ class FlowEstimator:
             out = self._run_tiled(padded[0], padded[1], flow_init)
         else:
             out = self._forward_padded(padded[0], padded[1] if len(padded) == 2 else None, flow_init)
-        return Prediction(
-            flow=resize_flow(padder.unpad(out["flow"]), size).cpu().contiguous() if "flow" in out else None,
-            flow_low=out["flow_low"].cpu() if "flow_low" in out else None,
-            disparity=resize_images(padder.unpad(out["disparity"]), size).cpu().contiguous()
-            if "disparity" in out else None,
-        )
+        if "flow" in out:
+            out["flow"] = resize_flow(padder.unpad(out["flow"]), size)
+        if "disparity" in out:
+            out["disparity"] = resize_images(padder.unpad(out["disparity"]), size)
+        return out
 
     def network_size(self, height: int, width: int, scale: float | None = None) -> tuple[int, int]:
         """The (H, W) the network runs at for an input of ``height`` x ``width`` (before padding): ``scale``

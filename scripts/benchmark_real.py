@@ -182,7 +182,8 @@ def build_methods(ckpt: Path, config: Path | None, iters: int | None,
     Farneback (the settings of :mod:`core.flow_backends`), then the zero-flow reference."""
     loaded = FlowEstimator.from_checkpoint(ckpt, config=config, iters=iters)
     estimators = [loaded] if cascades is None else [
-        FlowEstimator(loaded.model, loaded.cfg, device=loaded.device, iters=loaded.iters, scales=scales)
+        FlowEstimator(loaded.model, loaded.cfg, device=loaded.device, precision=loaded.precision, iters=loaded.iters,
+                      tile=loaded.tile, pad_mode=loaded.pad_mode, scales=scales)
         for scales in cascades]
     methods = [Method(f"ProtoFormer ({e.cfg.model.variant}, {e.iters} it, {_scales_name(e.scales)})", e.predict,
                       {"checkpoint": str(ckpt), **e.describe()}) for e in estimators]

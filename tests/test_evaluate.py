@@ -203,6 +203,10 @@ def test_missing_dataset_and_bad_arguments(setup, tmp_path):
         evaluate.parse_args(["--submission", "kitti"])  # needs --output
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--dataset", "sintel", "--scales", "1", "0"])
+    args = evaluate.parse_args(["--ckpt", str(setup["ckpt"]), "--dataset", "sintel", "--scales", "1", "2", "--",
+                                "data.roots.sintel", str(tmp_path)])
+    assert args.opts == ["data.roots.sintel", str(tmp_path)]
+    assert evaluate.build_estimator(args, "sintel").scales == [1.0, 2.0]
 
 
 def test_tiled_evaluation_records_its_options(setup):

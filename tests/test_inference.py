@@ -364,7 +364,8 @@ def test_unavailable_or_unknown_device_is_a_clear_error():
 
 class _KnownStepNet(torch.nn.Module):
     """A stand-in network that records the size it runs at and answers its warm start (nearest-upsampled, in its
-    pixels) plus a fixed step of (8, -4) of its pixels."""
+    pixels) plus a fixed step of (8, -4) of its pixels; its flow_low is the 1/8 mean + 100 (told apart from a
+    flow_low computed by the estimator)."""
 
     min_size, predicts_flow, predicts_depth = 0, True, False
 
@@ -378,7 +379,7 @@ class _KnownStepNet(torch.nn.Module):
         flow = torch.tensor([8.0, -4.0]).view(1, 2, 1, 1).expand(batch, 2, height, width)
         if flow_init is not None:
             flow = flow + 8.0 * flow_init.repeat_interleave(8, -2).repeat_interleave(8, -1)
-        return {"flow": [flow], "flow_low": F.avg_pool2d(flow, 8) / 8.0}
+        return {"flow": [flow], "flow_low": F.avg_pool2d(flow, 8) / 8.0 + 100.0}
 
 
 @pytest.mark.parametrize("scale, size, network, padded", [
@@ -393,12 +394,15 @@ def test_the_network_runs_on_resized_frames_and_the_flow_comes_back_in_input_pix
     image1, image2 = textured_pair(*size)
     flow = estimator.predict(image1, image2)
     assert net.seen == [padded] and flow.shape == (*size, 2)
+    single = estimator.run(to_image_tensor(image1)[None], to_image_tensor(image2)[None])
+    assert single.flow_low.min() > 99.0  # one pass: the network's own flow_low, untouched
+    net.seen.clear()
     np.testing.assert_allclose(flow[..., 0], 8.0 * size[1] / network[1], rtol=1e-6)  # u in input pixels
     np.testing.assert_allclose(flow[..., 1], -4.0 * size[0] / network[0], rtol=1e-6)
     # a full-resolution guess and the warm start of a sequence live on the resized frames' grid
     estimator.predict(image1, image2, flow_init=flow)
     list(estimator.predict_sequence([image1, image2, image1], warm_start=True))
-    assert net.seen[1:] == [padded] * 3
+    assert net.seen == [padded] * 3
 
 
 def test_a_cascade_refines_the_first_pass_at_the_next_scale():
@@ -412,6 +416,7 @@ def test_a_cascade_refines_the_first_pass_at_the_next_scale():
     # the warm-start state for the next pair lives on the first pass's grid, in its pixels
     torch.testing.assert_close(prediction.flow_low, torch.tensor([1.5, -0.75]).view(1, 2, 1, 1).expand(1, 2, 5, 6))
     sequence = list(estimator.predict_sequence([image1, image2, image1], warm_start=True))
+    assert [tuple(frame.shape) for frame in sequence] == [(40, 48, 2)] * 2
     assert len(sequence) == 2 and net.seen[2:] == [(40, 48), (80, 96)] * 2
     # pass 1 from the carried 1.5 cells: 12 + 8 = 20 px; pass 2 from 40 of its pixels: (40 + 8) / 2 = 24 px
     np.testing.assert_allclose(sequence[1][..., 0], 24.0)
@@ -425,6 +430,15 @@ def test_resize_flow_rescales_the_vectors_to_the_new_pixels():
     torch.testing.assert_close(resized[:, 0], torch.full((1, 20, 30), 4.5))  # 3 px * 30 / 20
     torch.testing.assert_close(resized[:, 1], torch.full((1, 20, 30), -4.0))  # -2 px * 20 / 10
     assert core.inference.resize_flow(flow, (10, 20)) is flow
+
+
+def test_a_depth_model_runs_one_pass_at_the_last_scale_even_when_given_two_images():
+    estimator = FlowEstimator.from_random_init(small_cfg(model_type="depth"), seed=0, device="cpu", scales=[1, 2])
+    image1, image2 = (to_image_tensor(image)[None] for image in textured_pair(40, 48))
+    prediction = estimator.run(image1, image2)
+    assert prediction.flow is None and prediction.disparity.shape == (1, 1, 40, 48)
+    at_two = FlowEstimator(estimator.model, estimator.cfg, device="cpu", scales=[2]).run(image1)
+    torch.testing.assert_close(prediction.disparity, at_two.disparity)
 
 
 def test_scales_come_from_the_config_and_are_checked():
