@@ -11,6 +11,13 @@ starts from the previous stage's weights restarts its own step count at 0; a sta
 ``checkpoints/latest.pth``), and a vertical line marks each stage change. Wall-clock minutes are counted from each
 stage's first logged event (pauses between resumed runs included). Writes ``--out`` (PNG, one panel per
 metric) and the same numbers as CSV beside it (``--csv``, default: ``--out`` with ``.csv``), and prints the CSV.
+
+Stages whose work dirs are gone can be carried over from a CSV this script wrote before (``--prior CSV``): its rows
+come first, with their own labels, and the work dirs continue where its last stage's last validation ended.
+
+    python scripts/plot_val_curve.py runs/cpu_default/stage8 runs/cpu_default/stage9 --prior \
+        docs/default_checkpoint_curve.csv --metrics epe 3px --labels "stage 8" "stage 9" \
+        --out docs/default_checkpoint_curve.png
 """
 
 from __future__ import annotations
@@ -71,10 +78,52 @@ def read_stage(work_dir: Path, val_set: str, metrics: list[str]) -> tuple[list[t
     return rows, last_step, min(e.wall_time for e in logged)
 
 
-def collect(work_dirs: list[Path], val_set: str, metrics: list[str]) -> tuple[list[Point], list[int]]:
-    """Validation points of consecutive stages and the total steps at which stages 2, 3, ... start."""
-    points, boundaries, offset = [], [], 0
-    for stage, work_dir in enumerate(work_dirs, start=1):
+@dataclass
+class Prior:
+    """Stages carried over from an earlier CSV: their points, stage starts (after the first) and labels."""
+
+    points: list[Point]
+    boundaries: list[int]
+    labels: list[str]
+
+    @property
+    def end(self) -> int:
+        """The total step where the next stage starts: the last validation of the last stage."""
+        return self.points[-1].total_step if self.points else 0
+
+
+def read_prior(path: Path, metrics: list[str]) -> Prior:
+    """The stages of a CSV written by this script (``stage,step,total_step,minutes,<metrics>``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--prior {path}: no such file")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        missing = [c for c in ("stage", "step", "total_step", "minutes", *metrics) if c not in columns]
+        if missing:
+            raise ValueError(f"--prior {path}: no column(s) {', '.join(missing)} (columns: {columns})")
+        rows = list(reader)
+    prior = Prior([], [], [])
+    try:
+        for row in rows:
+            if row["stage"] not in prior.labels:
+                prior.labels.append(row["stage"])
+                if len(prior.labels) > 1:
+                    prior.boundaries.append(int(row["total_step"]) - int(row["step"]))
+            prior.points.append(Point(len(prior.labels), int(row["step"]), int(row["total_step"]),
+                                      float(row["minutes"]), {m: float(row[m]) for m in metrics}))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--prior {path}: row {len(prior.points) + 2} is not a row of numbers: {err}") from None
+    return prior
+
+
+def collect(work_dirs: list[Path], val_set: str, metrics: list[str],
+            prior: Prior | None = None) -> tuple[list[Point], list[int]]:
+    """Validation points of consecutive stages (after those of ``prior``) and the total steps at which the stages
+    after the first start."""
+    prior = prior or Prior([], [], [])
+    points, boundaries, offset = list(prior.points), list(prior.boundaries), prior.end
+    for stage, work_dir in enumerate(work_dirs, start=len(prior.labels) + 1):
         rows, last_step, start_time = read_stage(work_dir, val_set, metrics)
         if stage > 1:
             boundaries.append(offset)
@@ -125,12 +174,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="CSV to write (default: --out with .csv)")
     parser.add_argument("--title", default="", help="figure title (default: the work dirs)")
     parser.add_argument("--labels", nargs="+", help="legend names of the work dirs (default: stage 1, stage 2, ...)")
+    parser.add_argument("--prior", type=Path, metavar="CSV",
+                        help="stages carried over from a CSV this script wrote (their work dirs may be gone)")
     args = parser.parse_args(argv)
-    labels = args.labels or [f"stage {k}" for k in range(1, len(args.work_dirs) + 1)]
+    try:
+        prior = read_prior(args.prior, args.metrics) if args.prior else Prior([], [], [])
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    first = len(prior.labels) + 1
+    labels = args.labels or [f"stage {k}" for k in range(first, first + len(args.work_dirs))]
     if len(labels) != len(args.work_dirs):
         parser.error(f"--labels: {len(labels)} names for {len(args.work_dirs)} work dirs")
+    labels = prior.labels + labels
     try:
-        points, boundaries = collect(args.work_dirs, args.val_set, args.metrics)
+        points, boundaries = collect(args.work_dirs, args.val_set, args.metrics, prior)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -139,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     table = to_csv(points, args.metrics, labels)
-    title = args.title or " -> ".join(d.name for d in args.work_dirs)
+    names = ([args.prior.name] if args.prior else []) + [d.name for d in args.work_dirs]
+    title = args.title or " -> ".join(names)
     atomic_write_bytes(args.out, plot(points, boundaries, args.metrics, args.val_set, title, labels))
     atomic_write_text(args.csv or args.out.with_suffix(".csv"), table)
     print(table, end="")

@@ -47,3 +47,30 @@ def test_missing_set_or_folder_is_a_clear_error(tmp_path, capsys):
     assert plot_val_curve.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "c.png")]) == 2
     assert "no TensorBoard folder" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
+
+
+def test_prior_stages_come_from_an_earlier_csv(tmp_path, capsys):
+    fake_run(tmp_path / "s1", {20: 9.0, 40: 8.0}, [20, 40], latest_step=40)
+    fake_run(tmp_path / "s2", {10: 7.0, 20: 6.5}, [10, 20], latest_step=20)
+    fake_run(tmp_path / "s3", {15: 6.0, 30: 5.5}, [15, 30], latest_step=30)
+    first = tmp_path / "first.png"
+    assert plot_val_curve.main([str(tmp_path / "s1"), str(tmp_path / "s2"), "--metrics", "epe", "3px",
+                                "--labels", "warm-up", "main", "--out", str(first)]) == 0
+    (tmp_path / "s1").rename(tmp_path / "gone1")  # their run folders are gone; the CSV stays
+    out = tmp_path / "all.png"
+    assert plot_val_curve.main([str(tmp_path / "s3"), "--prior", str(first.with_suffix(".csv")), "--metrics", "epe",
+                                "3px", "--out", str(out)]) == 0
+    rows = [line.split(",") for line in out.with_suffix(".csv").read_text().splitlines()]
+    assert [(r[0], r[1], r[2], r[4]) for r in rows[1:]] == [
+        ("warm-up", "20", "20", "9"), ("warm-up", "40", "40", "8"), ("main", "10", "50", "7"),
+        ("main", "20", "60", "6.5"), ("stage 3", "15", "75", "6"), ("stage 3", "30", "90", "5.5")]
+    points, boundaries = plot_val_curve.collect([tmp_path / "s3"], "synthetic", ["epe"],
+                                                plot_val_curve.read_prior(first.with_suffix(".csv"), ["epe"]))
+    assert boundaries == [40, 60] and [p.stage for p in points] == [1, 1, 2, 2, 3, 3]
+    capsys.readouterr()
+    assert plot_val_curve.main([str(tmp_path / "s3"), "--prior", str(first.with_suffix(".csv")), "--metrics", "a1",
+                                "--out", str(tmp_path / "x.png")]) == 2
+    assert "no column(s) a1" in capsys.readouterr().err
+    assert plot_val_curve.main([str(tmp_path / "s3"), "--prior", str(tmp_path / "none.csv"),
+                                "--out", str(tmp_path / "x.png")]) == 2
+    assert "none.csv: no such file" in capsys.readouterr().err
