@@ -1,5 +1,5 @@
 #!/usr/bin/env sh
-# Reproduces the shipped default checkpoint: protoformer-s on the built-in synthetic data, on a CPU, in nine stages
+# Reproduces the shipped default checkpoint: protoformer-s on the built-in synthetic data, on a CPU, in ten stages
 # (an easy-to-hard curriculum):
 #   1. configs/cpu_default.yaml      motions up to 48 px, photometric 0.3, paused at step 500 of its long schedule
 #   2. configs/cpu_default_ft.yaml   from stage 1's weights: motions up to 72 px, photometric 0.5, 1200 steps that
@@ -21,20 +21,22 @@
 #   9. configs/cpu_default_ft8.yaml  from stage 8's average (WORK_DIR/stage8/average.pth): half of the image
 #                                    textures from 24 photographs ($TEXTURES_MIX/photos), half from stage 7's video
 #                                    frames ($TEXTURES_MIX/videos), 1400 annealed steps
-# The textures of stages 6-9 are frames of OpenCV's sample clips megamind.avi, tree.avi and vtest.avi, read
+#  10. configs/cpu_default_ft9.yaml  from stage 9's average (WORK_DIR/stage9/average.pth): stage 9's data on new
+#                                    samples, 2000 annealed steps
+# The textures of stages 6-10 are frames of OpenCV's sample clips megamind.avi, tree.avi and vtest.avi, read
 # from $VIDEOS (default: $PROTOFORMER_SHARED/realdata/videos, else ../shared/realdata/videos; Debian's opencv-doc
 # package has them too, with megamind.avi spelt Megamind.avi: link it under the lower-case name) and written by
 # scripts/extract_frames.py to $TEXTURES (default: datasets/textures_videos,
 # the folder configs/cpu_default_ft5.yaml names; every 9th, 4th and 40th frame), $TEXTURES_DENSE (default:
 # datasets/textures_videos_dense, named by configs/cpu_default_ft6.yaml and ft7; every 3rd, 2nd and 20th frame) and
-# $TEXTURES_MIX/videos (default datasets/textures_mix, named by configs/cpu_default_ft8.yaml; the same frames), unless
-# the folder holds the marker .complete, written after a finished extraction (an interrupted one is redone).
-# Stage 9's photographs are OpenCV's sample images (the PHOTO_FILES list below), copied from $PHOTOS (default:
-# /usr/share/doc/opencv-doc/examples/data, where `apt-get install opencv-doc` puts them) to $TEXTURES_MIX/photos;
-# the recipe checks that they are all there before it starts any stage.
+# $TEXTURES_MIX/videos (default datasets/textures_mix, named by configs/cpu_default_ft8.yaml and ft9; the same
+# frames), unless the folder holds the marker .complete, written after a finished extraction (an interrupted one is
+# redone). The photographs of stages 9-10 are OpenCV's sample images (the PHOTO_FILES list below), copied from
+# $PHOTOS (default: /usr/share/doc/opencv-doc/examples/data, where `apt-get install opencv-doc` puts them) to
+# $TEXTURES_MIX/photos; the recipe checks that they are all there before it starts any stage.
 # Resumable: run it again to continue an interrupted stage (train.py exits with code 3 when a signal stops it, so
-# the chain stops there too). At the end the mean of the weights of stage 9's last 7
-# checkpoints (steps 800-1400) is exported (fp16, inferring with 12 refinement iterations; training used 8)
+# the chain stops there too). At the end the mean of the weights of stage 10's last 7
+# checkpoints (steps 1400-2000) is exported (fp16, inferring with 12 refinement iterations; training used 8)
 # to checkpoints/protoformer-s-synthetic.pth with their config beside it (this replaces the shipped file).
 #
 #   sh ./scripts/train_cpu_default.sh [WORK_DIR]          # default work dir: runs/cpu_default
@@ -42,7 +44,7 @@ set -eu
 WORK=${1:-runs/cpu_default}
 PYTHON=${PYTHON:-python}
 
-# stage 9's photographs (see above)
+# the photographs of stages 9-10 (see above)
 PHOTOS=${PHOTOS:-/usr/share/doc/opencv-doc/examples/data}
 TEXTURES_MIX=${TEXTURES_MIX:-datasets/textures_mix}
 PHOTO_FILES="aero1.jpg aero3.jpg aloeL.jpg apple.jpg baboon.jpg board.jpg box_in_scene.png building.jpg butterfly.jpg
@@ -120,4 +122,6 @@ photos() {
 photos "$TEXTURES_MIX/photos"
 frames "$TEXTURES_MIX/videos" 3 2 20
 stage stage9 configs/cpu_default_ft8.yaml "$WORK/stage8/average.pth" synthetic.texture_dir "$TEXTURES_MIX"
-average stage9 checkpoints/protoformer-s-synthetic.pth
+[ -f "$WORK/stage10/checkpoints/latest.pth" ] || average stage9 "$WORK/stage9/average.pth"
+stage stage10 configs/cpu_default_ft9.yaml "$WORK/stage9/average.pth" synthetic.texture_dir "$TEXTURES_MIX"
+average stage10 checkpoints/protoformer-s-synthetic.pth

@@ -59,7 +59,7 @@ def test_train_standard_chains_the_stages_and_resumes_where_it_stopped(tmp_path)
                                                                         (False, True), (False, True)]
 
 
-def test_train_cpu_default_runs_nine_stages_then_exports(tmp_path):
+def test_train_cpu_default_runs_ten_stages_then_exports(tmp_path):
     work = tmp_path / "work"
     textures, dense = tmp_path / "textures", tmp_path / "dense"  # missing: the recipe extracts the frames into them
     mix, videos = tmp_path / "mix", tmp_path / "videos"
@@ -69,7 +69,8 @@ def test_train_cpu_default_runs_nine_stages_then_exports(tmp_path):
     configs = [c.split("--config ")[1].split()[0] for c in calls if "--config" in c]
     assert configs == ["configs/cpu_default.yaml", "configs/cpu_default_ft.yaml", "configs/cpu_default_ft2.yaml",
                        "configs/cpu_default_ft3.yaml", "configs/cpu_default_ft4.yaml", "configs/cpu_default_ft5.yaml",
-                       "configs/cpu_default_ft6.yaml", "configs/cpu_default_ft7.yaml", "configs/cpu_default_ft8.yaml"]
+                       "configs/cpu_default_ft6.yaml", "configs/cpu_default_ft7.yaml", "configs/cpu_default_ft8.yaml",
+                       "configs/cpu_default_ft9.yaml"]
     assert calls[0] == f"train.py --config configs/cpu_default.yaml --work-dir {work}/stage1 --stop-at 500"
     assert "--stop-at 1400" in calls[2] and all("--stop-at" not in c for c in calls[3:])
     for index in range(1, 5):
@@ -93,7 +94,10 @@ def test_train_cpu_default_runs_nine_stages_then_exports(tmp_path):
         f"scripts/extract_frames.py {clips} --every 3 2 20 --out {mix}/videos",
         f"train.py --config configs/cpu_default_ft8.yaml --work-dir {work}/stage9 synthetic.texture_dir {mix} "
         f"train.restore_ckpt {work}/stage8/average.pth",
-        f"train.py --work-dir {work}/stage9 --export checkpoints/protoformer-s-synthetic.pth {average}",
+        f"train.py --work-dir {work}/stage9 --export {work}/stage9/average.pth {average}",
+        f"train.py --config configs/cpu_default_ft9.yaml --work-dir {work}/stage10 synthetic.texture_dir {mix} "
+        f"train.restore_ckpt {work}/stage9/average.pth",
+        f"train.py --work-dir {work}/stage10 --export checkpoints/protoformer-s-synthetic.pth {average}",
     ]
     copied = [f for f in (mix / "photos").iterdir() if not f.name.startswith(".")]
     assert len(copied) == 24 and (mix / "photos" / ".complete").is_file()
@@ -107,15 +111,16 @@ def test_train_cpu_default_runs_nine_stages_then_exports(tmp_path):
 
     for folder in (textures, dense, mix / "videos", mix / "photos"):  # every extraction and copy finished
         assert (folder / ".complete").is_file(), folder
-    (tmp_path / "calls.txt").unlink()  # stage 9 under way: resumed, the averages and the textures not made again
+    (tmp_path / "calls.txt").unlink()  # stage 10 under way: resumed, the averages and the textures not made again
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
-                       done=tuple(f"stage{index}" for index in range(4, 10)), env=env)
+                       done=tuple(f"stage{index}" for index in range(4, 11)), env=env)
     assert not any("extract_frames.py" in c for c in calls)
-    assert calls[-5:] == [f"train.py --work-dir {work}/stage6 --resume synthetic.texture_dir {textures}",
+    assert calls[-6:] == [f"train.py --work-dir {work}/stage6 --resume synthetic.texture_dir {textures}",
                           f"train.py --work-dir {work}/stage7 --resume synthetic.texture_dir {dense}",
                           f"train.py --work-dir {work}/stage8 --resume synthetic.texture_dir {dense}",
                           f"train.py --work-dir {work}/stage9 --resume synthetic.texture_dir {mix}",
-                          f"train.py --work-dir {work}/stage9 --export checkpoints/protoformer-s-synthetic.pth "
+                          f"train.py --work-dir {work}/stage10 --resume synthetic.texture_dir {mix}",
+                          f"train.py --work-dir {work}/stage10 --export checkpoints/protoformer-s-synthetic.pth "
                           f"{average}"]
     assert not any("average.pth" in c for c in calls)
 
@@ -143,16 +148,19 @@ def test_train_cpu_default_hands_stage_8_to_stage_9(tmp_path):
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
                        done=tuple(f"stage{index}" for index in range(1, 9)), env=env)
     average = "--fp16 --average 7 model.iters 12"
-    assert calls[-5:] == [
+    assert calls[-7:] == [
         f"train.py --work-dir {work}/stage8 --resume synthetic.texture_dir {tmp_path}/textures_dense",
         f"train.py --work-dir {work}/stage8 --export {work}/stage8/average.pth {average}",
         f"scripts/extract_frames.py {videos}/megamind.avi {videos}/tree.avi {videos}/vtest.avi --every 3 2 20 "
         f"--out {mix}/videos",
         f"train.py --config configs/cpu_default_ft8.yaml --work-dir {work}/stage9 synthetic.texture_dir {mix} "
         f"train.restore_ckpt {work}/stage8/average.pth",
-        f"train.py --work-dir {work}/stage9 --export checkpoints/protoformer-s-synthetic.pth {average}",
+        f"train.py --work-dir {work}/stage9 --export {work}/stage9/average.pth {average}",
+        f"train.py --config configs/cpu_default_ft9.yaml --work-dir {work}/stage10 synthetic.texture_dir {mix} "
+        f"train.restore_ckpt {work}/stage9/average.pth",
+        f"train.py --work-dir {work}/stage10 --export checkpoints/protoformer-s-synthetic.pth {average}",
     ]
-    assert sum("--export" in c for c in calls) == 2  # stage 8's average and the release, no other average
+    assert sum("--export" in c for c in calls) == 3  # stage 8's and 9's averages and the release, no other average
     assert (mix / "photos" / "baboon.jpg").is_file() and (mix / "photos" / ".complete").is_file()
 
 
