@@ -276,7 +276,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, help="flow refinement iterations (default: model.iters of the config)")
     parser.add_argument("--scales", type=float, nargs="+", metavar="S",
                         help="one network pass per factor on the resized frames, each from the previous pass's flow; "
-                             "e.g. 1 2: full size, then refined at twice the size (more precise, ~14x the runtime) "
+                             "e.g. 1 2: full size, then refined at twice the size (more precise, ~11x the runtime) "
                              "(default: eval.scales of the config, 1; put KEY VALUE overrides before it or after --)")
     parser.add_argument("--tile", action="store_true",
                         help="tiled inference (Gaussian-blended tiles of eval.tile_size, default data.crop_size)")

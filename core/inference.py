@@ -262,7 +262,7 @@ class FlowEstimator:
             ``[1.0]`` by default: one pass at the input size. ``[1, 2]`` finds the motion at full size and refines
             it at twice the size: a network working on a 1/8 grid gets more precise, while a single pass at 2x
             would lose the largest motions. The second pass has 4x the pixels and a 16x larger all-pairs cost
-            volume (about 14x the runtime of one pass on a 741x500 pair on the CPU). ``flow_init`` and
+            volume (both passes about 11x the runtime of one on a 741x500 pair on the CPU). ``flow_init`` and
             ``Prediction.flow_low`` live on the first pass's grid.
     """
 

@@ -51,7 +51,7 @@ PHOTO_FILES="aero1.jpg aero3.jpg aloeL.jpg apple.jpg baboon.jpg board.jpg box_in
 chicky_512.png ela_original.jpg fruits.jpg graf1.png graf3.png home.jpg leuvenA.jpg licenseplate_motion.jpg messi5.jpg
 orange.jpg smarties.png squirrel_cls.jpg starry_night.jpg stuff.jpg Blender_Suzanne1.jpg"
 
-if [ ! -f "$TEXTURES_MIX/photos/.complete" ]; then  # stage 9 needs them: fail now, not after eight stages
+if [ ! -f "$TEXTURES_MIX/photos/.complete" ]; then  # stages 9-10 need them: fail now, not after eight stages
     for name in $PHOTO_FILES; do
         if [ ! -f "$PHOTOS/$name" ]; then
             echo "train_cpu_default.sh: photograph $PHOTOS/$name not found; set PHOTOS to OpenCV's sample" \
