@@ -30,7 +30,7 @@ import numpy as np
 from loguru import logger
 from tqdm import tqdm
 
-from core.config import check_scales
+from core.config import scale_factor
 from core.data.formats import read_image, write_flo, write_image
 from core.inference import (
     DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, FlowEstimator, MissingCheckpointError,
@@ -312,7 +312,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", help="config file (default: the one stored with the checkpoint)")
     parser.add_argument("--random-init", action="store_true", help="untrained weights, on purpose (no checkpoint)")
     parser.add_argument("--iters", type=int, help="flow refinement iterations (default: model.iters)")
-    parser.add_argument("--scales", type=float, nargs="+", metavar="S",
+    parser.add_argument("--scales", type=scale_factor, nargs="+", metavar="S",
                         help="one network pass per factor on the resized frames, each from the previous pass's flow; "
                              "e.g. 1 2: full size, then refined at twice the size (more precise, ~11x the runtime) "
                              "(default: eval.scales of the config, 1)")
@@ -331,11 +331,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max-flow must be positive")
     if args.iters is not None and args.iters < 1:
         parser.error("--iters must be >= 1")
-    if args.scales is not None:
-        try:
-            check_scales(args.scales, "--scales")
-        except ValueError as err:
-            parser.error(str(err))
     return args
 
 

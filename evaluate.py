@@ -46,7 +46,7 @@ from loguru import logger
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from core.config import check_scales
+from core.config import scale_factor
 from core.data.datasets import MpiSintel
 from core.data.formats import write_flo, write_kitti_flow
 from core.data.loader import build_test_dataset, build_val_dataset, is_depth_set
@@ -274,7 +274,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help="folder for --submission files")
     parser.add_argument("--warm-start", action="store_true", help="Sintel submission: warm start within each scene")
     parser.add_argument("--iters", type=int, help="flow refinement iterations (default: model.iters of the config)")
-    parser.add_argument("--scales", type=float, nargs="+", metavar="S",
+    parser.add_argument("--scales", type=scale_factor, nargs="+", metavar="S",
                         help="one network pass per factor on the resized frames, each from the previous pass's flow; "
                              "e.g. 1 2: full size, then refined at twice the size (more precise, ~11x the runtime) "
                              "(default: eval.scales of the config, 1; put KEY VALUE overrides before it or after --)")
@@ -300,11 +300,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--warm-start applies to --submission sintel only")
     if args.max_samples is not None and args.max_samples < 1:
         parser.error("--max-samples must be >= 1")
-    if args.scales is not None:
-        try:
-            check_scales(args.scales, "--scales")
-        except ValueError as err:
-            parser.error(str(err))
     if (args.median_scaling is not None or args.eval_crop is not None) and args.dataset not in DEPTH_DATASETS:
         parser.error(f"--median-scaling and --eval-crop apply to the depth datasets {', '.join(DEPTH_DATASETS)}")
     return args

@@ -11,6 +11,7 @@ only in numbers.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import difflib
 import numbers
@@ -160,6 +161,16 @@ def check_scales(scales: Sequence[float], name: str) -> None:
         raise ValueError(f"{name} must be a non-empty list of numbers, got {scales!r}")
     if not all(MIN_EVAL_SCALE <= scale <= MAX_EVAL_SCALE for scale in scales):
         raise ValueError(f"{name} must lie in [{MIN_EVAL_SCALE:g}, {MAX_EVAL_SCALE:g}], got {list(scales)}")
+
+
+def scale_factor(text: str) -> float:
+    """argparse ``type`` of one ``--scales`` factor: a number within the bounds of ``eval.scales``."""
+    try:
+        value = float(text)
+        check_scales([value], "a scale")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+    return value
 
 
 BASE_KEY = "_base_"

@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from core.config import check_scales  # noqa: E402
+from core.config import scale_factor  # noqa: E402
 from core.data.formats import read_flo, read_image, read_mask, write_image  # noqa: E402
 from core.flow_backends import FlowFn, make_flow_backend  # noqa: E402
 from core.inference import (  # noqa: E402
@@ -168,12 +168,7 @@ def zero_flow(image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
 
 def cascade(text: str) -> list[float]:
     """``--scales`` item: ``"1"`` (one pass) or ``"1,2"`` (a pass at full size, then one at twice the size)."""
-    try:
-        scales = [float(part) for part in text.split(",")]
-        check_scales(scales, "--scales")
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
-    return scales
+    return [scale_factor(part) for part in text.split(",")]
 
 
 def build_methods(ckpt: Path, config: Path | None, iters: int | None,

@@ -59,6 +59,18 @@ def test_train_standard_chains_the_stages_and_resumes_where_it_stopped(tmp_path)
                                                                         (False, True), (False, True)]
 
 
+def stages_9_and_10(work: Path, mix: Path, average: str) -> list[str]:
+    """The recipe's calls from stage 9's start (stage 8's average in place) to the release."""
+    return [
+        f"train.py --config configs/cpu_default_ft8.yaml --work-dir {work}/stage9 synthetic.texture_dir {mix} "
+        f"train.restore_ckpt {work}/stage8/average.pth",
+        f"train.py --work-dir {work}/stage9 --export {work}/stage9/average.pth {average}",
+        f"train.py --config configs/cpu_default_ft9.yaml --work-dir {work}/stage10 synthetic.texture_dir {mix} "
+        f"train.restore_ckpt {work}/stage9/average.pth",
+        f"train.py --work-dir {work}/stage10 --export checkpoints/protoformer-s-synthetic.pth {average}",
+    ]
+
+
 def test_train_cpu_default_runs_ten_stages_then_exports(tmp_path):
     work = tmp_path / "work"
     textures, dense = tmp_path / "textures", tmp_path / "dense"  # missing: the recipe extracts the frames into them
@@ -92,12 +104,7 @@ def test_train_cpu_default_runs_ten_stages_then_exports(tmp_path):
         f"train.restore_ckpt {work}/stage7/average.pth",
         f"train.py --work-dir {work}/stage8 --export {work}/stage8/average.pth {average}",
         f"scripts/extract_frames.py {clips} --every 3 2 20 --out {mix}/videos",
-        f"train.py --config configs/cpu_default_ft8.yaml --work-dir {work}/stage9 synthetic.texture_dir {mix} "
-        f"train.restore_ckpt {work}/stage8/average.pth",
-        f"train.py --work-dir {work}/stage9 --export {work}/stage9/average.pth {average}",
-        f"train.py --config configs/cpu_default_ft9.yaml --work-dir {work}/stage10 synthetic.texture_dir {mix} "
-        f"train.restore_ckpt {work}/stage9/average.pth",
-        f"train.py --work-dir {work}/stage10 --export checkpoints/protoformer-s-synthetic.pth {average}",
+        *stages_9_and_10(work, mix, average),
     ]
     copied = [f for f in (mix / "photos").iterdir() if not f.name.startswith(".")]
     assert len(copied) == 24 and (mix / "photos" / ".complete").is_file()
@@ -153,12 +160,7 @@ def test_train_cpu_default_hands_stage_8_to_stage_9(tmp_path):
         f"train.py --work-dir {work}/stage8 --export {work}/stage8/average.pth {average}",
         f"scripts/extract_frames.py {videos}/megamind.avi {videos}/tree.avi {videos}/vtest.avi --every 3 2 20 "
         f"--out {mix}/videos",
-        f"train.py --config configs/cpu_default_ft8.yaml --work-dir {work}/stage9 synthetic.texture_dir {mix} "
-        f"train.restore_ckpt {work}/stage8/average.pth",
-        f"train.py --work-dir {work}/stage9 --export {work}/stage9/average.pth {average}",
-        f"train.py --config configs/cpu_default_ft9.yaml --work-dir {work}/stage10 synthetic.texture_dir {mix} "
-        f"train.restore_ckpt {work}/stage9/average.pth",
-        f"train.py --work-dir {work}/stage10 --export checkpoints/protoformer-s-synthetic.pth {average}",
+        *stages_9_and_10(work, mix, average),
     ]
     assert sum("--export" in c for c in calls) == 3  # stage 8's and 9's averages and the release, no other average
     assert (mix / "photos" / "baboon.jpg").is_file() and (mix / "photos" / ".complete").is_file()
