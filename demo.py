@@ -30,7 +30,7 @@ import numpy as np
 from loguru import logger
 from tqdm import tqdm
 
-from core.config import scale_factor
+from core.config import add_refinement_options, scale_factor
 from core.data.formats import read_image, write_flo, write_image
 from core.inference import (
     DEFAULT_CHECKPOINT, DEFAULT_CHECKPOINT_PATH, FlowEstimator, MissingCheckpointError,
@@ -291,7 +291,8 @@ def run_demo(estimator: FlowEstimator, source: Source, output: Path, save_flo: b
 
 def build_estimator(args: argparse.Namespace) -> tuple[FlowEstimator, str]:
     """The estimator the options ask for, and a sentence saying which weights it uses."""
-    options = dict(device=args.device, iters=args.iters, tile=True if args.tile else "auto", scales=args.scales)
+    options = dict(device=args.device, iters=args.iters, tile=True if args.tile else "auto", scales=args.scales,
+                   refine_iters=args.refine_iters, flip_average=args.flip_average)
     if args.random_init:
         if args.ckpt is not None:
             raise DemoError("--random-init and --ckpt exclude each other")
@@ -316,6 +317,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="one network pass per factor on the resized frames, each from the previous pass's flow; "
                              "e.g. 1 2: full size, then refined at twice the size (more precise, ~11x the runtime) "
                              "(default: eval.scales of the config, 1)")
+    add_refinement_options(parser)
     parser.add_argument("--tile", action="store_true",
                         help="always use tiled inference (default: only for frames too large for one pass)")
     parser.add_argument("--save-flo", action="store_true", help="also write <stem>.flo (Middlebury format)")
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             source.frames = itertools.islice(source.frames, args.max_frames)
             source.length = min(source.length or args.max_frames, args.max_frames)
         logger.info(f"model: {estimator.cfg.model.variant} ({estimator.cfg.model.type}), weights: {weights}, "
-                    f"{estimator.iters} iterations, device {estimator.device}")
+                    f"{estimator.passes_description()}, device {estimator.device}")
         summary = run_demo(estimator, source, args.output, save_flo=args.save_flo, depth=args.depth,
                            max_flow=args.max_flow, warm_start=args.warm_start)
     except (DemoError, MissingCheckpointError, CheckpointError, FileNotFoundError, ValueError, KeyError) as err:

@@ -46,7 +46,7 @@ from loguru import logger
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from core.config import scale_factor
+from core.config import add_refinement_options, scale_factor
 from core.data.datasets import MpiSintel
 from core.data.formats import write_flo, write_kitti_flow
 from core.data.loader import build_test_dataset, build_val_dataset, is_depth_set
@@ -254,7 +254,8 @@ def write_kitti_submission(estimator: FlowEstimator, cfg, output: Path,
 
 def build_estimator(args: argparse.Namespace, pad_mode: str) -> FlowEstimator:
     options = dict(device=args.device, precision="fp16" if args.fp16 else None, iters=args.iters,
-                   tile=True if args.tile else False, pad_mode=pad_mode, scales=args.scales)
+                   tile=True if args.tile else False, pad_mode=pad_mode, scales=args.scales,
+                   refine_iters=args.refine_iters, flip_average=args.flip_average)
     if args.random_init:
         if args.ckpt is not None:
             raise ValueError("--random-init and --ckpt exclude each other")
@@ -278,6 +279,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="one network pass per factor on the resized frames, each from the previous pass's flow; "
                              "e.g. 1 2: full size, then refined at twice the size (more precise, ~11x the runtime) "
                              "(default: eval.scales of the config, 1; put KEY VALUE overrides before it or after --)")
+    add_refinement_options(parser)
     parser.add_argument("--tile", action="store_true",
                         help="tiled inference (Gaussian-blended tiles of eval.tile_size, default data.crop_size)")
     parser.add_argument("--fp16", action="store_true", help="fp16 autocast (CUDA only)")
@@ -351,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             report["dataset_sizes"] = {name: len(split) for name, split in splits.items()}
             report["results"] = {name: validate(estimator, name, split, args.max_samples)
                                  for name, split in splits.items()}
-            logger.info(f"{args.dataset} ({estimator.iters} iters{', tiled' if estimator.tile else ''}):\n"
+            logger.info(f"{args.dataset} ({estimator.passes_description()}{', tiled' if estimator.tile else ''}):\n"
                         + format_table(report["results"]))
     except FileNotFoundError as err:  # DatasetNotFoundError included: names the path and the expected layout
         logger.error(str(err))

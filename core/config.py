@@ -126,6 +126,8 @@ _C.eval.tile = False
 _C.eval.tile_size = []  # H, W of tiles; empty = data.crop_size
 _C.eval.tile_min_overlap = 0.25  # fraction of the tile that neighbouring tiles share at least
 _C.eval.scales = [1.0]  # one network pass per factor on the resized frames, each from the previous pass's flow
+_C.eval.refine_iters = 0  # iterations of every pass after the first of eval.scales; 0 = model.iters
+_C.eval.flip_average = False  # also run the left-right mirrored frames; average the two estimates (2x runtime)
 
 
 class UnknownConfigKeyError(KeyError):
@@ -171,6 +173,28 @@ def scale_factor(text: str) -> float:
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
     return value
+
+
+def refine_iteration_count(text: str) -> int:
+    """argparse ``type`` of ``--refine-iters``: an integer >= 0 (0 = as many as the first pass)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 0 (0 = --iters)")
+    return value
+
+
+def add_refinement_options(parser: argparse.ArgumentParser) -> None:
+    """``--refine-iters`` and ``--flip-average`` (``eval.refine_iters``, ``eval.flip_average``), for the tools that
+    build a :class:`core.inference.FlowEstimator` from the command line; both default to None = the config's."""
+    parser.add_argument("--refine-iters", type=refine_iteration_count, metavar="N",
+                        help="iterations of the passes after the first of --scales (default: eval.refine_iters of "
+                             "the config; 0 = --iters)")
+    parser.add_argument("--flip-average", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run the left-right mirrored frames and average the two flows (2x the runtime; "
+                             "default: eval.flip_average of the config)")
 
 
 BASE_KEY = "_base_"
@@ -345,5 +369,7 @@ def validate(cfg: CN) -> None:
     if cfg.synthetic.texture_sampling not in ("image", "folder"):
         raise ValueError(f"synthetic.texture_sampling must be image or folder, got '{cfg.synthetic.texture_sampling}'")
     check_scales(cfg.eval.scales, "eval.scales")
+    if cfg.eval.refine_iters < 0:
+        raise ValueError(f"eval.refine_iters must be >= 0 (0 = model.iters), got {cfg.eval.refine_iters}")
     if cfg.depth.eval_crop not in ("garg", "eigen", "none"):
         raise ValueError(f"depth.eval_crop must be garg, eigen or none, got '{cfg.depth.eval_crop}'")

@@ -152,6 +152,19 @@ def resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
     return resize_images(flow, size) * factors.view(1, 2, 1, 1)
 
 
+def mirror_images(images: Tensor) -> Tensor:
+    """[B, C, H, W] images (or any per-pixel map) mirrored left-right."""
+    return torch.flip(images, dims=[-1])
+
+
+def mirror_flow(flow: Tensor) -> Tensor:
+    """A flow [B, 2, H, W] of a pair as the flow of the left-right mirrored pair: mirrored, x component negated.
+    Its own inverse. (On a padded grid, the mirror is exact when the padding is symmetric, else off by one pixel
+    of the padded input.)"""
+    mirrored = mirror_images(flow)
+    return torch.cat([-mirrored[:, :1], mirrored[:, 1:]], dim=1)
+
+
 def forward_interpolate(flow_low: Tensor) -> Tensor:
     """Project a flow forward by itself: the warm start of the next pair of a sequence (RAFT's forward_interpolate).
 
@@ -264,11 +277,19 @@ class FlowEstimator:
             would lose the largest motions. The second pass has 4x the pixels and a 16x larger all-pairs cost
             volume (both passes about 11x the runtime of one on a 741x500 pair on the CPU). ``flow_init`` and
             ``Prediction.flow_low`` live on the first pass's grid.
+        refine_iters: iterations of every pass after the first of ``scales``; ``None`` = ``cfg.eval.refine_iters``;
+            0 = as many as the first pass (``iters``). A pass started from a good flow needs few: the shipped
+            checkpoint refines best with 4 (see the README's "Evaluation").
+        flip_average: also run every pass on the left-right mirrored frames (and mirrored warm start) and average
+            the two estimates (the mirrored flow's x component negated back; disparity mirrored back); twice the
+            runtime. ``None`` = ``cfg.eval.flip_average``. With it, ``Prediction.flow_low`` is the averaged flow
+            averaged over the first pass's 8x8 cells, as after a cascade.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: CfgNode, device: str | torch.device | None = None,
                  precision: str | None = None, iters: int | None = None, tile: bool | str | None = None,
-                 pad_mode: str = "sintel", scales: Sequence[float] | None = None):
+                 pad_mode: str = "sintel", scales: Sequence[float] | None = None, refine_iters: int | None = None,
+                 flip_average: bool | None = None):
         self.cfg = cfg
         self.device = resolve_device(device)
         self.precision = precision or "fp32"
@@ -281,6 +302,11 @@ class FlowEstimator:
         self.iters = int(iters if iters is not None else cfg.model.iters)
         if self.iters < 1:
             raise ValueError(f"iters must be >= 1, got {self.iters}")
+        refine_iters = int(cfg.eval.refine_iters if refine_iters is None else refine_iters)
+        if refine_iters < 0:
+            raise ValueError(f"refine_iters must be >= 0 (0 = iters), got {refine_iters}")
+        self.refine_iters = refine_iters or self.iters
+        self.flip_average = bool(cfg.eval.flip_average if flip_average is None else flip_average)
         self.tile = cfg.eval.tile if tile is None else tile
         if self.tile not in (True, False, "auto"):
             raise ValueError(f"tile must be True, False or 'auto', got {tile!r}")
@@ -301,6 +327,7 @@ class FlowEstimator:
                         config: str | Path | CfgNode | None = None, device: str | torch.device | None = None,
                         precision: str | None = None, iters: int | None = None, tile: bool | str | None = None,
                         pad_mode: str = "sintel", scales: Sequence[float] | None = None,
+                        refine_iters: int | None = None, flip_average: bool | None = None,
                         opts: Iterable[str] = ()) -> "FlowEstimator":
         """Build the network a checkpoint needs and load it.
 
@@ -322,7 +349,7 @@ class FlowEstimator:
         model = load_weights(build_model(cfg), raw)
         logger.info(f"loaded {path} ({cfg.model.variant}, type {cfg.model.type})")
         return cls(model, cfg, device=device, precision=precision, iters=iters, tile=tile, pad_mode=pad_mode,
-                   scales=scales)
+                   scales=scales, refine_iters=refine_iters, flip_average=flip_average)
 
     @classmethod
     def from_random_init(cls, config: str | Path | CfgNode | None = None, seed: int | None = None,
@@ -354,7 +381,16 @@ class FlowEstimator:
             "variant": self.cfg.model.variant, "type": self.cfg.model.type, "iters": self.iters,
             "tile": self.tile, "tile_size": list(self.tile_size), "tile_min_overlap": self.tile_min_overlap,
             "precision": self.precision, "device": str(self.device), "pad_mode": self.pad_mode, "scales": self.scales,
+            "refine_iters": self.refine_iters, "flip_average": self.flip_average,
         }
+
+    def passes_description(self) -> str:
+        """The passes in a few words, e.g. ``8 it, scale 1`` or ``8+4 it, scales 1,2, flip-averaged``."""
+        if len(self.scales) == 1:
+            name = f"{self.iters} it, scale {self.scales[0]:g}"
+        else:
+            name = f"{self.iters}+{self.refine_iters} it, scales " + ",".join(f"{scale:g}" for scale in self.scales)
+        return name + (", flip-averaged" if self.flip_average else "")
 
     # ------------------------------------------------------------------------------------------- tensor API
     def _autocast(self):
@@ -368,10 +404,11 @@ class FlowEstimator:
             return padded_shape[0] * padded_shape[1] > AUTO_TILE_PIXELS
         return bool(self.tile)
 
-    def _forward_padded(self, image1: Tensor, image2: Tensor | None, flow_init: Tensor | None) -> dict[str, Tensor]:
+    def _forward_padded(self, image1: Tensor, image2: Tensor | None, flow_init: Tensor | None,
+                        iters: int) -> dict[str, Tensor]:
         """One network pass on padded inputs; returns the last flow, flow_low and disparity (those that exist)."""
         with self._autocast():
-            out = self.model(image1, image2, iters=self.iters, flow_init=flow_init)
+            out = self.model(image1, image2, iters=iters, flow_init=flow_init)
         result = {}
         if "flow" in out and image2 is not None:
             result["flow"] = out["flow"][-1].float()
@@ -409,27 +446,46 @@ class FlowEstimator:
                                  f"got {list(flow_init.shape)}")
             flow_init = flow_init.to(self.device, torch.float32)
         if image2 is None or not self.predicts_flow:  # a depth model ignores image2: one pass, at the last scale
-            out = self._pass(inputs[:1], self.scales[-1], None)
+            out = self._pass(inputs[:1], self.scales[-1], self.iters, None, None)
         else:
-            out = self._pass(inputs, self.scales[0], flow_init)
+            mirrored_init = mirror_flow(flow_init) if flow_init is not None and self.flip_average else None
+            out = self._pass(inputs, self.scales[0], self.iters, flow_init, mirrored_init)
             for scale in self.scales[1:]:
-                out = self._pass(inputs, scale, self.eighth_scale_flow(out["flow"], scale))
+                mirrored_init = self.eighth_scale_flow(mirror_flow(out["flow"]), scale) if self.flip_average else None
+                out = self._pass(inputs, scale, self.refine_iters, self.eighth_scale_flow(out["flow"], scale),
+                                 mirrored_init)
             if len(self.scales) > 1:
                 out["flow_low"] = self.eighth_scale_flow(out["flow"], self.scales[0])
         return Prediction(**{key: value.cpu().contiguous() for key, value in out.items()})
 
-    def _pass(self, inputs: list[Tensor], scale: float, flow_init: Tensor | None) -> dict[str, Tensor]:
-        """One network pass on the frames resized by ``scale`` (``flow_init`` on that pass's padded 1/8 grid).
-        Returns flow and disparity at the input size (flow in input pixels) and the pass's own flow_low, on the
-        device; those the model predicts."""
+    def _pass(self, inputs: list[Tensor], scale: float, iters: int, flow_init: Tensor | None,
+              mirrored_init: Tensor | None) -> dict[str, Tensor]:
+        """One network pass of ``iters`` iterations on the frames resized by ``scale`` (``flow_init`` on that
+        pass's padded 1/8 grid), averaged with a pass on the mirrored frames (from ``mirrored_init``, the mirrored
+        pair's warm start) if ``flip_average``. Returns flow and disparity at the input size (flow in input pixels)
+        and the pass's flow_low, on the device; those the model predicts."""
+        out = self._single_pass(inputs, scale, iters, flow_init)
+        if not self.flip_average:
+            return out
+        mirrored = self._single_pass([mirror_images(image) for image in inputs], scale, iters, mirrored_init)
+        if "flow" in out:
+            out["flow"] = (out["flow"] + mirror_flow(mirrored["flow"])) / 2
+            out["flow_low"] = self.eighth_scale_flow(out["flow"], scale)
+        if "disparity" in out:
+            out["disparity"] = (out["disparity"] + mirror_images(mirrored["disparity"])) / 2
+        return out
+
+    def _single_pass(self, inputs: list[Tensor], scale: float, iters: int, flow_init: Tensor | None
+                     ) -> dict[str, Tensor]:
+        """:meth:`_pass` without the mirrored pass."""
         size = tuple(inputs[0].shape[-2:])
         resized = [resize_images(image, self.network_size(*size, scale)) for image in inputs]
         padder = InputPadder(resized[0].shape, mode=self.pad_mode, min_size=self.model.min_size)
         padded = padder.pad(*resized)
         if len(padded) == 2 and self._uses_tiles(padder.padded_shape):
-            out = self._run_tiled(padded[0], padded[1], flow_init)
+            out = self._run_tiled(padded[0], padded[1], flow_init, iters)
         else:
-            out = self._forward_padded(padded[0], padded[1] if len(padded) == 2 else None, flow_init)
+            out = self._forward_padded(padded[0], padded[1] if len(padded) == 2 else None, flow_init, iters)
         if "flow" in out:
             out["flow"] = resize_flow(padder.unpad(out["flow"]), size)
         if "disparity" in out:
@@ -458,14 +514,14 @@ class FlowEstimator:
         (padded,) = padder.pad(resized)
         return F.avg_pool2d(padded, kernel_size=8) / 8.0
 
-    def _run_tiled(self, image1: Tensor, image2: Tensor, flow_init: Tensor | None) -> dict[str, Tensor]:
+    def _run_tiled(self, image1: Tensor, image2: Tensor, flow_init: Tensor | None, iters: int) -> dict[str, Tensor]:
         grid = TileGrid.plan(image1.shape[-2], image1.shape[-1], self.tile_size, self.tile_min_overlap)
         logger.debug(f"tiled inference: {len(grid)} tiles of {grid.tile_height}x{grid.tile_width} "
                      f"over {grid.height}x{grid.width}")
         flow_channels = 2
 
         def tile_fn(tile1: Tensor, tile2: Tensor, tile_init: Tensor | None) -> tuple[Tensor, Tensor]:
-            out = self._forward_padded(tile1, tile2, tile_init)
+            out = self._forward_padded(tile1, tile2, tile_init, iters)
             full = torch.cat([out["flow"], out["disparity"]], 1) if "disparity" in out else out["flow"]
             return full, out["flow_low"]
 

@@ -1,7 +1,7 @@
 """Real-image benchmark: ProtoFormer against OpenCV DIS (medium preset) and Farneback on real photographs.
 
     python scripts/benchmark_real.py                                    # default checkpoint, $PROTOFORMER_SHARED/realdata
-    python scripts/benchmark_real.py --ckpt /tmp/pf.pth --scales 1 1,2 --previews docs/real
+    python scripts/benchmark_real.py --ckpt /tmp/pf.pth --scales 1 1,2 1,2+flip --previews docs/real
     python scripts/benchmark_real.py --data DIR --iters 12 --out runs/benchmark_real/results.json
 
 Accuracy is measured on the Middlebury 2014 "Motorcycle" stereo pair (``DIR/motorcycle``: ``im0.png`` left,
@@ -13,8 +13,10 @@ over the valid pixels: EPE (mean end-point error, px), 1px / 3px (share of pixel
 
 The network can also be run at scaled resolutions (``--scales 1 0.5``: one row per item): the frames are resized
 by the factor, and the flow is resized back and its vectors divided by the factor; ``1,2`` is a cascade (a pass at
-full size, then one at twice the size started from its flow: ``FlowEstimator``'s ``scales``). Without
-``--scales`` the row uses ``eval.scales`` of the config. DIS and Farneback always run at full resolution. Stereo
+full size, then one at twice the size started from its flow, with ``eval.refine_iters`` iterations or
+``--refine-iters``: ``FlowEstimator``'s ``scales``), and ``+flip`` (``1,2+flip``) also runs every pass on the
+left-right mirrored frames and averages the two estimates (for every row: ``--flip-average``, else
+``eval.flip_average``). Without ``--scales`` the row uses ``eval.scales`` of the config. DIS and Farneback always run at full resolution. Stereo
 pairs have purely horizontal motion, which none of the methods is told. A last row, zero flow, shows where chance
 lies (its EPE is the mean true motion).
 
@@ -48,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from core.config import scale_factor  # noqa: E402
+from core.config import add_refinement_options, scale_factor  # noqa: E402
 from core.data.formats import read_flo, read_image, read_mask, write_image  # noqa: E402
 from core.flow_backends import FlowFn, make_flow_backend  # noqa: E402
 from core.inference import (  # noqa: E402
@@ -166,30 +168,45 @@ def zero_flow(image1: np.ndarray, image2: np.ndarray) -> np.ndarray:
     return np.zeros((*image1.shape[:2], 2), np.float32)
 
 
-def cascade(text: str) -> list[float]:
-    """``--scales`` item: ``"1"`` (one pass) or ``"1,2"`` (a pass at full size, then one at twice the size)."""
-    return [scale_factor(part) for part in text.split(",")]
+@dataclass
+class Passes:
+    """One ``--scales`` item: the network's passes (``scales``), mirrored and averaged if ``flip`` (None: as
+    ``--flip-average`` or the config's ``eval.flip_average`` say)."""
+
+    scales: list[float]
+    flip: bool | None = None
 
 
-def build_methods(ckpt: Path, config: Path | None, iters: int | None,
-                  cascades: list[list[float]] | None) -> list[Method]:
-    """ProtoFormer with every cascade of scales (``None``: the config's ``eval.scales``), then DIS (medium) and
-    Farneback (the settings of :mod:`core.flow_backends`), then the zero-flow reference."""
-    loaded = FlowEstimator.from_checkpoint(ckpt, config=config, iters=iters)
-    estimators = [loaded] if cascades is None else [
+FLIP_SUFFIX = "+flip"
+
+
+def passes(text: str) -> Passes:
+    """``--scales`` item: ``"1"`` (one pass), ``"1,2"`` (a pass at full size, then one at twice the size), either
+    with ``+flip`` (``"1,2+flip"``: every pass also on the mirrored frames, the two averaged)."""
+    flip = text.endswith(FLIP_SUFFIX)
+    scales = text[:-len(FLIP_SUFFIX)] if flip else text
+    return Passes([scale_factor(part) for part in scales.split(",")], True if flip else None)
+
+
+def build_methods(ckpt: Path, config: Path | None, iters: int | None, refine_iters: int | None,
+                  flip_average: bool | None, items: list[Passes] | None) -> list[Method]:
+    """ProtoFormer with the passes of every ``--scales`` item (``None``: the config's ``eval.scales``), mirrored
+    where the item says ``+flip``, else as ``flip_average`` says (``None``: the config's ``eval.flip_average``),
+    then DIS (medium) and Farneback (the settings of :mod:`core.flow_backends`), then the zero-flow reference."""
+    loaded = FlowEstimator.from_checkpoint(ckpt, config=config, iters=iters, refine_iters=refine_iters,
+                                           flip_average=flip_average)
+    estimators = [loaded] if items is None else [
         FlowEstimator(loaded.model, loaded.cfg, device=loaded.device, precision=loaded.precision, iters=loaded.iters,
-                      tile=loaded.tile, pad_mode=loaded.pad_mode, scales=scales)
-        for scales in cascades]
-    methods = [Method(f"ProtoFormer ({e.cfg.model.variant}, {e.iters} it, {_scales_name(e.scales)})", e.predict,
+                      tile=loaded.tile, pad_mode=loaded.pad_mode, scales=item.scales,
+                      refine_iters=loaded.refine_iters,
+                      flip_average=loaded.flip_average if item.flip is None else item.flip)
+        for item in items]
+    methods = [Method(f"ProtoFormer ({e.cfg.model.variant}, {e.passes_description()})", e.predict,
                       {"checkpoint": str(ckpt), **e.describe()}) for e in estimators]
     methods.append(Method(DIS_MEDIUM, make_flow_backend("dis"), {"preset": "medium", "scales": [1.0]}))
     methods.append(Method("Farneback (OpenCV)", make_flow_backend("farneback"), {"scales": [1.0]}))
     methods.append(Method(ZERO_FLOW, zero_flow, {"scales": [1.0]}))
     return methods
-
-
-def _scales_name(scales: list[float]) -> str:
-    return f"scale {scales[0]:g}" if len(scales) == 1 else "scales " + ",".join(f"{scale:g}" for scale in scales)
 
 
 def timed_flow(flow_fn: FlowFn, image1: np.ndarray, image2: np.ndarray) -> tuple[np.ndarray, float]:
@@ -304,9 +321,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="JSON result file (default: runs/benchmark_real/results.json)")
     parser.add_argument("--previews", type=Path, metavar="DIR", help="also write preview PNGs into DIR")
-    parser.add_argument("--scales", type=cascade, nargs="+", metavar="S[,S...]",
+    parser.add_argument("--scales", type=passes, nargs="+", metavar="S[,S...][+flip]",
                         help="one row per item: the network on frames resized by S, or a cascade of passes (1,2: "
-                             "full size, then refined at twice the size) (default: eval.scales of the config, 1)")
+                             "full size, then refined at twice the size); +flip also runs every pass on the "
+                             "mirrored frames and averages the two (without it: --flip-average) (default: eval.scales "
+                             "of the config)")
+    add_refinement_options(parser)
     args = parser.parse_args(argv)
     if args.iters is not None and args.iters < 1:
         parser.error(f"--iters must be >= 1, got {args.iters}")
@@ -316,7 +336,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole benchmark; returns what is written to ``--out``."""
     pair = load_stereo_pair(args.data)
-    methods = build_methods(args.ckpt, args.config, args.iters, args.scales)
+    methods = build_methods(args.ckpt, args.config, args.iters, args.refine_iters, args.flip_average,
+                            args.scales)
     rows, flows = [], []
     for method in methods:
         metrics, flow = evaluate(method, pair)

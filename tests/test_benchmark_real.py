@@ -166,7 +166,14 @@ def test_scales_default_to_the_config_and_cascades_are_named(tmp_path, ckpt, ste
     rows = benchmark_real.run(benchmark_real.parse_args([*args, "--scales", "1,2"]))["rows"]
     assert rows[0]["settings"]["scales"] == [1.0, 2.0] and "scales 1,2)" in rows[0]["method"]
     assert benchmark_real.run(benchmark_real.parse_args(args))["rows"][0]["settings"]["scales"] == [1.0]
-    for bad in ("5", "1,x", ""):
+    rows = benchmark_real.run(benchmark_real.parse_args([*args, "--refine-iters", "2", "--scales", "1", "1,2+flip"]))
+    settings = [row["settings"] for row in rows["rows"][:2]]
+    assert [(s["scales"], s["refine_iters"], s["flip_average"]) for s in settings] == [
+        ([1.0], 2, False), ([1.0, 2.0], 2, True)]
+    assert rows["rows"][1]["method"].endswith("1+2 it, scales 1,2, flip-averaged)")
+    assert benchmark_real.parse_args([*args, "--flip-average"]).flip_average is True
+    assert benchmark_real.passes("0.5,1+flip") == benchmark_real.Passes([0.5, 1.0], True)
+    for bad in ("5", "1,x", "", "1+flop", "+flip"):
         with pytest.raises(SystemExit):
             benchmark_real.parse_args([*args, "--scales", bad])
 

@@ -116,6 +116,13 @@ def test_scales_run_the_network_on_resized_frames(tmp_path, ckpt):
     assert half.shape == full.shape == (*SIZE, 2) and not np.array_equal(half, full)
     with pytest.raises(SystemExit):
         demo.parse_args([*pair, "--scales", "0"])
+    assert demo.main([*pair, "--output", str(tmp_path / "flip"), "--flip-average"]) == 0
+    assert not np.array_equal(formats.read_flo(tmp_path / "flip" / "a.flo"), full)
+    args = demo.parse_args([*pair, "--scales", "1", "2", "--refine-iters", "2", "--no-flip-average"])
+    estimator, _ = demo.build_estimator(args)
+    assert (estimator.scales, estimator.refine_iters, estimator.flip_average) == ([1.0, 2.0], 2, False)
+    with pytest.raises(SystemExit):
+        demo.parse_args([*pair, "--refine-iters", "-2"])
 
 
 def test_explicit_pair_errors(tmp_path, ckpt, messages):

@@ -207,6 +207,12 @@ def test_missing_dataset_and_bad_arguments(setup, tmp_path):
                                 "data.roots.sintel", str(tmp_path)])
     assert args.opts == ["data.roots.sintel", str(tmp_path)]
     assert evaluate.build_estimator(args, "sintel").scales == [1.0, 2.0]
+    args = evaluate.parse_args(["--ckpt", str(setup["ckpt"]), "--dataset", "sintel", "--refine-iters", "3",
+                                "--flip-average", "--scales", "1", "2"])
+    estimator = evaluate.build_estimator(args, "sintel")
+    assert (estimator.refine_iters, estimator.flip_average) == (3, True)
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--dataset", "sintel", "--refine-iters", "-1"])
 
 
 def test_tiled_evaluation_records_its_options(setup):

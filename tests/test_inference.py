@@ -422,6 +422,87 @@ def test_a_cascade_refines_the_first_pass_at_the_next_scale():
     np.testing.assert_allclose(sequence[1][..., 0], 24.0)
 
 
+class _RampNet(torch.nn.Module):
+    """A stand-in network whose flow is (x, -4) in its own pixels, x the column of its (padded) input, whatever the
+    images: not mirror-symmetric, so only a correct mirroring of the frames and of the flow undoes it. It records the
+    iterations it is asked for."""
+
+    min_size, predicts_flow, predicts_depth = 0, True, False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.iters: list[int] = []
+
+    def forward(self, image1, image2, iters, flow_init=None):
+        self.iters.append(iters)
+        batch, _, height, width = image1.shape
+        column = torch.arange(width, dtype=torch.float32).view(1, 1, 1, width).expand(batch, 1, height, width)
+        flow = torch.cat([column, torch.full_like(column, -4.0)], 1)
+        return {"flow": [flow], "flow_low": F.avg_pool2d(flow, 8) / 8.0}
+
+
+def test_passes_after_the_first_run_refine_iters():
+    net = _RampNet()
+    image1, image2 = (to_image_tensor(image)[None] for image in textured_pair(40, 48))
+    FlowEstimator(net, small_cfg(), device="cpu", iters=8, refine_iters=3, scales=[1, 2, 3]).run(image1, image2)
+    assert net.iters == [8, 3, 3]
+    net.iters.clear()
+    FlowEstimator(net, small_cfg(), device="cpu", iters=8, scales=[1, 2]).run(image1, image2)  # 0: as many as iters
+    assert net.iters == [8, 8]
+    net.iters.clear()
+    estimator = FlowEstimator(net, small_cfg("eval.refine_iters", "2"), device="cpu", iters=5, scales=[1, 2])
+    estimator.run(image1, image2)
+    assert net.iters == [5, 2] and estimator.describe()["refine_iters"] == 2
+    assert estimator.passes_description() == "5+2 it, scales 1,2"
+    with pytest.raises(ValueError, match=r"refine_iters must be >= 0 \(0 = iters\), got -1"):
+        FlowEstimator(net, small_cfg(), device="cpu", refine_iters=-1)
+    with pytest.raises(ValueError, match=r"eval.refine_iters must be >= 0"):
+        small_cfg("eval.refine_iters", "-1")
+
+
+@pytest.mark.parametrize("size", [(40, 48), (37, 45)])  # no padding; odd padding (the mirror is still exact here)
+def test_flip_average_mirrors_the_frames_and_the_flow_back(size):
+    net = _RampNet()
+    estimator = FlowEstimator(net, small_cfg(), device="cpu", flip_average=True)
+    image1, image2 = (to_image_tensor(image)[None] for image in textured_pair(*size))
+    prediction = estimator.run(image1, image2)
+    assert len(net.iters) == 2  # the frames as they are, then mirrored
+    # x + pad_left from the frames as they are; from the mirrored ones -(W - 1 - x + pad_left): mean x - (W - 1) / 2
+    width = size[1]
+    expected_u = torch.arange(width, dtype=torch.float32) - (width - 1) / 2
+    torch.testing.assert_close(prediction.flow[0, 0], expected_u.expand(size[0], width))
+    torch.testing.assert_close(prediction.flow[0, 1], torch.full(size, -4.0))
+    # flow_low: the averaged flow over the 8x8 cells of the (padded) first pass, in its pixels
+    torch.testing.assert_close(prediction.flow_low, estimator.eighth_scale_flow(prediction.flow))
+    assert estimator.passes_description() == f"{estimator.iters} it, scale 1, flip-averaged"
+    assert FlowEstimator(net, small_cfg("eval.flip_average", "True"), device="cpu").flip_average
+    assert not FlowEstimator(net, small_cfg("eval.flip_average", "True"), device="cpu", flip_average=False).flip_average
+
+
+def test_flip_average_mirrors_the_warm_start_of_each_pass():
+    net = _KnownStepNet()  # warm start + (8, -4) of its pixels: the mirrored pass sees the mirrored warm start
+    estimator = FlowEstimator(net, small_cfg(), device="cpu", flip_average=True)
+    image1, image2 = (to_image_tensor(image)[None] for image in textured_pair(40, 48))
+    init = torch.tensor([2.0, 1.0]).view(1, 2, 1, 1).expand(1, 2, 5, 6)
+    prediction = estimator.run(image1, image2, flow_init=init)
+    # as they are: (16 + 8, 8 - 4); mirrored: (-16 + 8, 8 - 4), mirrored back (8, 4): mean (16, 4)
+    torch.testing.assert_close(prediction.flow, torch.tensor([16.0, 4.0]).view(1, 2, 1, 1).expand(1, 2, 40, 48))
+    net.seen.clear()
+    cascade = FlowEstimator(net, small_cfg(), device="cpu", flip_average=True, scales=[1, 2]).run(image1, image2)
+    assert net.seen == [(40, 48), (40, 48), (80, 96), (80, 96)]
+    # pass 1: (8, -4) and mirrored back (-8, -4): (0, -4) px. Pass 2 from (0, -8) of its pixels: (8, -12), mirrored
+    # (-8, -12) after the step; mean (0, -12) of its pixels = (0, -6) px
+    torch.testing.assert_close(cascade.flow, torch.tensor([0.0, -6.0]).view(1, 2, 1, 1).expand(1, 2, 40, 48))
+
+
+def test_mirror_flow_is_its_own_inverse_and_negates_x():
+    flow = torch.randn(2, 2, 5, 7)
+    mirrored = core.inference.mirror_flow(flow)
+    torch.testing.assert_close(mirrored[:, 0], -flow[:, 0].flip(-1))
+    torch.testing.assert_close(mirrored[:, 1], flow[:, 1].flip(-1))
+    torch.testing.assert_close(core.inference.mirror_flow(mirrored), flow)
+
+
 def test_resize_flow_rescales_the_vectors_to_the_new_pixels():
     flow = torch.zeros(1, 2, 10, 20)
     flow[:, 0], flow[:, 1] = 3.0, -2.0
