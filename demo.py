@@ -315,7 +315,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, help="flow refinement iterations (default: model.iters)")
     parser.add_argument("--scales", type=scale_factor, nargs="+", metavar="S",
                         help="one network pass per factor on the resized frames, each from the previous pass's flow; "
-                             "e.g. 1 2: full size, then refined at twice the size (more precise, ~11x the runtime) "
+                             "e.g. 1 2: full size, then refined at twice the size (more precise, ~12x the runtime) "
                              "(default: eval.scales of the config, 1)")
     add_refinement_options(parser)
     parser.add_argument("--tile", action="store_true",

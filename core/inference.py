@@ -275,11 +275,11 @@ class FlowEstimator:
             ``[1.0]`` by default: one pass at the input size. ``[1, 2]`` finds the motion at full size and refines
             it at twice the size: a network working on a 1/8 grid gets more precise, while a single pass at 2x
             would lose the largest motions. The second pass has 4x the pixels and a 16x larger all-pairs cost
-            volume (both passes about 11x the runtime of one on a 741x500 pair on the CPU). ``flow_init`` and
-            ``Prediction.flow_low`` live on the first pass's grid.
+            volume (both passes about 12x the runtime of one on a 741x500 pair on the CPU, with 8 + 2
+            iterations). ``flow_init`` and ``Prediction.flow_low`` live on the first pass's grid.
         refine_iters: iterations of every pass after the first of ``scales``; ``None`` = ``cfg.eval.refine_iters``;
             0 = as many as the first pass (``iters``). A pass started from a good flow needs few: the shipped
-            checkpoint refines best with 4 (see the README's "Evaluation").
+            checkpoint's config says 2, chosen on a synthetic validation set (see the README's "Evaluation").
         flip_average: also run every pass on the left-right mirrored frames (and mirrored warm start) and average
             the two estimates (the mirrored flow's x component negated back; disparity mirrored back); twice the
             runtime. ``None`` = ``cfg.eval.flip_average``. With it, ``Prediction.flow_low`` is the averaged flow

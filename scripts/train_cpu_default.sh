@@ -76,9 +76,11 @@ stage() {
     fi
 }
 
-# average STAGE OUT: export the mean of the weights of STAGE's last 7 checkpoints to OUT (fp16, 12 iterations).
+# average STAGE OUT: export the mean of the weights of STAGE's last 7 checkpoints to OUT (fp16; inference settings
+# stored with it: 8 iterations, as in training since stage 8, and 2 in a refining pass of eval.scales, both chosen
+# on stage 9's synthetic validation set).
 average() {
-    $PYTHON train.py --work-dir "$WORK/$1" --export "$2" --fp16 --average 7 model.iters 12
+    $PYTHON train.py --work-dir "$WORK/$1" --export "$2" --fp16 --average 7 model.iters 8 eval.refine_iters 2
 }
 
 stage stage1 configs/cpu_default.yaml "" --stop-at 500

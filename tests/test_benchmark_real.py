@@ -14,7 +14,7 @@ import torch
 from core.config import load_config
 from core.data import formats
 from core.flow_backends import make_flow_backend
-from core.inference import FlowEstimator
+from core.inference import DEFAULT_CHECKPOINT_PATH, FlowEstimator
 from core.model import atomic_save, build_model
 from core.model.checkpoint import WEIGHTS_FORMAT
 from core.utils import shared
@@ -216,6 +216,21 @@ def test_real_motorcycle_dis_and_farneback(shared_dir):
         results[name], _ = benchmark_real.evaluate(method, pair)
     assert results["dis"]["epe"] < 4.0  # about 2.63 px
     assert results["farneback"]["epe"] > results["dis"]["epe"]
+
+
+def test_the_shipped_checkpoint_beats_dis_on_the_motorcycle_pair_with_its_precise_passes(shared_dir):
+    """Issue 8's bar, end to end (about 40 s on 2 CPU cores): the shipped checkpoint with the refining pass at 2x and
+    the mirror average (README: EPE 2.55 px) below DIS-medium (2.63 px) on the real pair; its one pass (3.34 px)
+    is not. A regression in the weights, the cascade or the mirroring would lift it above DIS."""
+    if not DEFAULT_CHECKPOINT_PATH.is_file():
+        pytest.skip(f"no shipped checkpoint at {DEFAULT_CHECKPOINT_PATH}")
+    pair = benchmark_real.load_stereo_pair(shared_dir / "realdata")
+    methods = benchmark_real.build_methods(DEFAULT_CHECKPOINT_PATH, None, None, None, None,
+                                           [benchmark_real.passes("1,2+flip")])
+    ours, dis = (benchmark_real.evaluate(method, pair)[0] for method in methods[:2])
+    assert methods[1].name == benchmark_real.DIS_MEDIUM
+    assert ours["epe"] < dis["epe"] < 3.0, (ours, dis)
+    assert ours["fl_all"] < dis["fl_all"]
 
 
 def test_epe_by_motion_by_hand():

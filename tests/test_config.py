@@ -169,11 +169,11 @@ def test_bad_bases_are_clear_errors(tmp_path):
 
 def test_the_last_stage_resolves_to_the_config_shipped_with_the_default_checkpoint():
     """The stage files are diffs of each other; resolved, stage 10's is the whole config the shipped checkpoint
-    was trained with (its export changed only the inference iterations, 8 -> 12, and recorded the starting
-    weights)."""
+    was trained with (its export set only the inference settings, 8 iterations and 2 in a refining pass, and
+    recorded the starting weights)."""
     shipped = flatten_config(load_config(CONFIGS[0].parents[1] / "checkpoints" / "protoformer-s-synthetic.yaml"))
     stage10 = flatten_config(load_config(CONFIGS[0].parent / "cpu_default_ft9.yaml", [
-        "model.iters", "12", "train.restore_ckpt", "runs/cpu_default/stage9/average.pth"]))
+        "model.iters", "8", "eval.refine_iters", "2", "train.restore_ckpt", "runs/cpu_default/stage9/average.pth"]))
     assert stage10 == shipped
 
 

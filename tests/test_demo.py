@@ -206,7 +206,7 @@ def test_official_release_checkpoint_through_the_cli(fixtures_dir, tmp_path):
 
 def test_the_shipped_checkpoint_recovers_the_bundled_sample_flow(tmp_path):
     """The trained default checkpoint, without ../shared: its flow on the bundled sample is close to the exact one
-    (README: EPE 2.34 px; zero flow scores 9.16), which a wrong sign, a broken attention or a bad load would miss."""
+    (README: EPE 2.21 px; zero flow scores 9.16), which a wrong sign, a broken attention or a bad load would miss."""
     if not core.inference.DEFAULT_CHECKPOINT_PATH.is_file():
         pytest.skip(f"no shipped checkpoint at {core.inference.DEFAULT_CHECKPOINT_PATH}")
     assert make_demo_sample.main(["--with-gt", "--output", str(tmp_path)]) == 0

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+AVERAGE = "--fp16 --average 7 model.iters 8 eval.refine_iters 2"  # the options of the recipe's average()
 pytestmark = pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
 
 
@@ -88,7 +89,7 @@ def test_train_cpu_default_runs_ten_stages_then_exports(tmp_path):
     for index in range(1, 5):
         assert calls[index].endswith(f"--work-dir {work}/stage{index + 1}" + (" --stop-at 1400" if index == 2 else "")
                                      + f" train.restore_ckpt {work}/stage{index}/checkpoints/latest.pth")
-    average = "--fp16 --average 7 model.iters 12"
+    average = AVERAGE
     clips = f"{videos}/megamind.avi {videos}/tree.avi {videos}/vtest.avi"
     assert calls[5:] == [
         f"train.py --work-dir {work}/stage5 --export {work}/stage5/average.pth {average}",
@@ -154,7 +155,7 @@ def test_train_cpu_default_hands_stage_8_to_stage_9(tmp_path):
     env = {"TEXTURES_MIX": str(mix), "VIDEOS": str(videos), "PHOTOS": str(fake_photos(tmp_path))}
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
                        done=tuple(f"stage{index}" for index in range(1, 9)), env=env)
-    average = "--fp16 --average 7 model.iters 12"
+    average = AVERAGE
     assert calls[-7:] == [
         f"train.py --work-dir {work}/stage8 --resume synthetic.texture_dir {tmp_path}/textures_dense",
         f"train.py --work-dir {work}/stage8 --export {work}/stage8/average.pth {average}",
@@ -179,7 +180,7 @@ def test_train_cpu_default_hands_stage_6_to_stage_7(tmp_path):
            "VIDEOS": str(tmp_path / "videos"), "PHOTOS": str(fake_photos(tmp_path))}
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
                        done=tuple(f"stage{index}" for index in range(1, 7)), env=env)
-    average = "--fp16 --average 7 model.iters 12"
+    average = AVERAGE
     assert calls[5:9] == [
         f"train.py --work-dir {work}/stage6 --resume synthetic.texture_dir {textures}",
         f"train.py --work-dir {work}/stage6 --export {work}/stage6/average.pth {average}",
