@@ -126,7 +126,7 @@ _C.eval.tile = False
 _C.eval.tile_size = []  # H, W of tiles; empty = data.crop_size
 _C.eval.tile_min_overlap = 0.25  # fraction of the tile that neighbouring tiles share at least
 _C.eval.scales = [1.0]  # one network pass per factor on the resized frames, each from the previous pass's flow
-_C.eval.refine_iters = 0  # iterations of every pass after the first of eval.scales; 0 = model.iters
+_C.eval.refine_iters = 0  # iterations of every pass after the first of eval.scales; 0 = as many as the first
 _C.eval.flip_average = False  # also run the left-right mirrored frames; average the two estimates (2x runtime)
 
 
@@ -370,6 +370,6 @@ def validate(cfg: CN) -> None:
         raise ValueError(f"synthetic.texture_sampling must be image or folder, got '{cfg.synthetic.texture_sampling}'")
     check_scales(cfg.eval.scales, "eval.scales")
     if cfg.eval.refine_iters < 0:
-        raise ValueError(f"eval.refine_iters must be >= 0 (0 = model.iters), got {cfg.eval.refine_iters}")
+        raise ValueError(f"eval.refine_iters must be >= 0 (0 = as many as the first pass), got {cfg.eval.refine_iters}")
     if cfg.depth.eval_crop not in ("garg", "eigen", "none"):
         raise ValueError(f"depth.eval_crop must be garg, eigen or none, got '{cfg.depth.eval_crop}'")

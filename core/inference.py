@@ -83,7 +83,8 @@ class Prediction:
     Attributes:
         flow: [B, 2, H, W] flow in pixels, or None for a depth model.
         flow_low: [B, 2, H8, W8] 1/8-scale flow on the padded grid of the first pass's input (the frames resized by
-            ``FlowEstimator.scales[0]``; in its pixels): the warm-start state, or None.
+            ``FlowEstimator.scales[0]``; in its pixels): the warm-start state, or None. After a cascade or with
+            ``flip_average`` it is the final flow averaged over those 8x8 cells.
         disparity: [B, 1, H, W] sigmoid disparity in (0, 1), or None for a flow model.
     """
 

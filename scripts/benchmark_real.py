@@ -16,9 +16,9 @@ by the factor, and the flow is resized back and its vectors divided by the facto
 full size, then one at twice the size started from its flow, with ``eval.refine_iters`` iterations or
 ``--refine-iters``: ``FlowEstimator``'s ``scales``), and ``+flip`` (``1,2+flip``) also runs every pass on the
 left-right mirrored frames and averages the two estimates (for every row: ``--flip-average``, else
-``eval.flip_average``). Without ``--scales`` the row uses ``eval.scales`` of the config. DIS and Farneback always run at full resolution. Stereo
-pairs have purely horizontal motion, which none of the methods is told. A last row, zero flow, shows where chance
-lies (its EPE is the mean true motion).
+``eval.flip_average``). Without ``--scales`` the row uses ``eval.scales`` of the config. DIS and Farneback always
+run at full resolution. Stereo pairs have purely horizontal motion, which none of the methods is told. A last
+row, zero flow, shows where chance lies (its EPE is the mean true motion).
 
 Outputs: a Markdown table on stdout (ready for the README), ``--out`` (JSON with every number and the settings),
 and with ``--previews DIR`` small PNGs for visual checks: ``motorcycle.png`` (image | GT | ours | DIS, one colour
@@ -180,7 +180,7 @@ class Passes:
 FLIP_SUFFIX = "+flip"
 
 
-def passes(text: str) -> Passes:
+def parse_passes(text: str) -> Passes:
     """``--scales`` item: ``"1"`` (one pass), ``"1,2"`` (a pass at full size, then one at twice the size), either
     with ``+flip`` (``"1,2+flip"``: every pass also on the mirrored frames, the two averaged)."""
     flip = text.endswith(FLIP_SUFFIX)
@@ -321,7 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="JSON result file (default: runs/benchmark_real/results.json)")
     parser.add_argument("--previews", type=Path, metavar="DIR", help="also write preview PNGs into DIR")
-    parser.add_argument("--scales", type=passes, nargs="+", metavar="S[,S...][+flip]",
+    parser.add_argument("--scales", type=parse_passes, nargs="+", metavar="S[,S...][+flip]",
                         help="one row per item: the network on frames resized by S, or a cascade of passes (1,2: "
                              "full size, then refined at twice the size); +flip also runs every pass on the "
                              "mirrored frames and averages the two (without it: --flip-average) (default: eval.scales "

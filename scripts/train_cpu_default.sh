@@ -36,7 +36,7 @@
 # $TEXTURES_MIX/photos; the recipe checks that they are all there before it starts any stage.
 # Resumable: run it again to continue an interrupted stage (train.py exits with code 3 when a signal stops it, so
 # the chain stops there too). At the end the mean of the weights of stage 10's last 7
-# checkpoints (steps 1400-2000) is exported (fp16, inferring with 12 refinement iterations; training used 8)
+# checkpoints (steps 1400-2000) is exported (fp16, inferring with 8 refinement iterations and 2 in a refining pass)
 # to checkpoints/protoformer-s-synthetic.pth with their config beside it (this replaces the shipped file).
 #
 #   sh ./scripts/train_cpu_default.sh [WORK_DIR]          # default work dir: runs/cpu_default
@@ -77,8 +77,9 @@ stage() {
 }
 
 # average STAGE OUT: export the mean of the weights of STAGE's last 7 checkpoints to OUT (fp16; inference settings
-# stored with it: 8 iterations, as in training since stage 8, and 2 in a refining pass of eval.scales, both chosen
-# on stage 9's synthetic validation set).
+# stored with it: 8 iterations and 2 in a refining pass of eval.scales, chosen for stage 10's release on stage 9's
+# synthetic validation set; the next stage's training ignores them. The README's per-stage tables were measured
+# with the 12 iterations the intermediate releases were first exported with: --iters 12 reproduces them).
 average() {
     $PYTHON train.py --work-dir "$WORK/$1" --export "$2" --fp16 --average 7 model.iters 8 eval.refine_iters 2
 }

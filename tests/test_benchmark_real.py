@@ -172,7 +172,7 @@ def test_scales_default_to_the_config_and_cascades_are_named(tmp_path, ckpt, ste
         ([1.0], 2, False), ([1.0, 2.0], 2, True)]
     assert rows["rows"][1]["method"].endswith("1+2 it, scales 1,2, flip-averaged)")
     assert benchmark_real.parse_args([*args, "--flip-average"]).flip_average is True
-    assert benchmark_real.passes("0.5,1+flip") == benchmark_real.Passes([0.5, 1.0], True)
+    assert benchmark_real.parse_passes("0.5,1+flip") == benchmark_real.Passes([0.5, 1.0], True)
     for bad in ("5", "1,x", "", "1+flop", "+flip"):
         with pytest.raises(SystemExit):
             benchmark_real.parse_args([*args, "--scales", bad])
@@ -226,7 +226,7 @@ def test_the_shipped_checkpoint_beats_dis_on_the_motorcycle_pair_with_its_precis
         pytest.skip(f"no shipped checkpoint at {DEFAULT_CHECKPOINT_PATH}")
     pair = benchmark_real.load_stereo_pair(shared_dir / "realdata")
     methods = benchmark_real.build_methods(DEFAULT_CHECKPOINT_PATH, None, None, None, None,
-                                           [benchmark_real.passes("1,2+flip")])
+                                           [benchmark_real.parse_passes("1,2+flip")])
     ours, dis = (benchmark_real.evaluate(method, pair)[0] for method in methods[:2])
     assert methods[1].name == benchmark_real.DIS_MEDIUM
     assert ours["epe"] < dis["epe"] < 3.0, (ours, dis)

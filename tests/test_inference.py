@@ -424,8 +424,8 @@ def test_a_cascade_refines_the_first_pass_at_the_next_scale():
 
 class _RampNet(torch.nn.Module):
     """A stand-in network whose flow is (x, -4) in its own pixels, x the column of its (padded) input, whatever the
-    images: not mirror-symmetric, so only a correct mirroring of the frames and of the flow undoes it. It records the
-    iterations it is asked for."""
+    images: not mirror-symmetric, so only a correct mirroring of the flow back undoes it. It records the iterations
+    it is asked for."""
 
     min_size, predicts_flow, predicts_depth = 0, True, False
 
@@ -479,6 +479,25 @@ def test_flip_average_mirrors_the_frames_and_the_flow_back(size):
     assert not FlowEstimator(net, small_cfg("eval.flip_average", "True"), device="cpu", flip_average=False).flip_average
 
 
+class _EchoNet(torch.nn.Module):
+    """A stand-in network whose flow is (first channel of image1, first channel of image2): it shows which frames,
+    mirrored or not, each pass was given."""
+
+    min_size, predicts_flow, predicts_depth = 0, True, False
+
+    def forward(self, image1, image2, iters, flow_init=None):
+        flow = torch.cat([image1[:, :1], image2[:, :1]], 1)
+        return {"flow": [flow], "flow_low": F.avg_pool2d(flow, 8) / 8.0}
+
+
+def test_flip_average_gives_the_mirrored_pass_both_frames_mirrored():
+    image1, image2 = (to_image_tensor(image)[None] for image in textured_pair(40, 48))
+    prediction = FlowEstimator(_EchoNet(), small_cfg(), device="cpu", flip_average=True).run(image1, image2)
+    # as they are: (I1(x), I2(x)); mirrored frames, mirrored back: (-I1(x), I2(x)); mean (0, I2(x))
+    torch.testing.assert_close(prediction.flow[:, 0], torch.zeros_like(prediction.flow[:, 0]))
+    torch.testing.assert_close(prediction.flow[:, 1], image2[:, 0])
+
+
 def test_flip_average_mirrors_the_warm_start_of_each_pass():
     net = _KnownStepNet()  # warm start + (8, -4) of its pixels: the mirrored pass sees the mirrored warm start
     estimator = FlowEstimator(net, small_cfg(), device="cpu", flip_average=True)
@@ -493,6 +512,18 @@ def test_flip_average_mirrors_the_warm_start_of_each_pass():
     # pass 1: (8, -4) and mirrored back (-8, -4): (0, -4) px. Pass 2 from (0, -8) of its pixels: (8, -12), mirrored
     # (-8, -12) after the step; mean (0, -12) of its pixels = (0, -6) px
     torch.testing.assert_close(cascade.flow, torch.tensor([0.0, -6.0]).view(1, 2, 1, 1).expand(1, 2, 40, 48))
+    # from (2, 1) cells: pass 1 gives (16, 4) px as above. Pass 2 starts from (4, 1) cells of its grid: (40, 4); the
+    # mirrored pair from (-4, 1): (-24, 4), mirrored back (24, 4); mean (32, 4) of its pixels = (16, 2) px
+    cascade = FlowEstimator(net, small_cfg(), device="cpu", flip_average=True, scales=[1, 2]).run(image1, image2, init)
+    torch.testing.assert_close(cascade.flow, torch.tensor([16.0, 2.0]).view(1, 2, 1, 1).expand(1, 2, 40, 48))
+    # a warm start that grows along x, j cells in column j: the mirrored pass gets it mirrored in space, too
+    ramp = torch.zeros(1, 2, 5, 6)
+    ramp[:, 0] = torch.arange(6.0)
+    prediction = estimator.run(image1, image2, flow_init=ramp)
+    # as they are: 8 j + 8; mirrored, mirrored back: 8 j - 8; mean 8 j, with j = x // 8
+    expected = 8.0 * (torch.arange(48) // 8).float()
+    torch.testing.assert_close(prediction.flow[0, 0], expected.expand(40, 48))
+    torch.testing.assert_close(prediction.flow[0, 1], torch.full((40, 48), -4.0))
 
 
 def test_mirror_flow_is_its_own_inverse_and_negates_x():
@@ -520,6 +551,15 @@ def test_a_depth_model_runs_one_pass_at_the_last_scale_even_when_given_two_image
     assert prediction.flow is None and prediction.disparity.shape == (1, 1, 40, 48)
     at_two = FlowEstimator(estimator.model, estimator.cfg, device="cpu", scales=[2]).run(image1)
     torch.testing.assert_close(prediction.disparity, at_two.disparity)
+
+
+def test_flip_average_mirrors_the_disparity_back():
+    plain = FlowEstimator.from_random_init(small_cfg(model_type="depth"), seed=0, device="cpu")
+    image = to_image_tensor(textured_pair(40, 48)[0])[None]
+    by_hand = (plain.run(image).disparity + plain.run(image.flip(-1)).disparity.flip(-1)) / 2
+    mirrored = FlowEstimator(plain.model, plain.cfg, device="cpu", flip_average=True).run(image)
+    torch.testing.assert_close(mirrored.disparity, by_hand)
+    assert not torch.allclose(mirrored.disparity, plain.run(image).disparity)
 
 
 def test_scales_come_from_the_config_and_are_checked():

@@ -89,23 +89,22 @@ def test_train_cpu_default_runs_ten_stages_then_exports(tmp_path):
     for index in range(1, 5):
         assert calls[index].endswith(f"--work-dir {work}/stage{index + 1}" + (" --stop-at 1400" if index == 2 else "")
                                      + f" train.restore_ckpt {work}/stage{index}/checkpoints/latest.pth")
-    average = AVERAGE
     clips = f"{videos}/megamind.avi {videos}/tree.avi {videos}/vtest.avi"
     assert calls[5:] == [
-        f"train.py --work-dir {work}/stage5 --export {work}/stage5/average.pth {average}",
+        f"train.py --work-dir {work}/stage5 --export {work}/stage5/average.pth {AVERAGE}",
         f"scripts/extract_frames.py {clips} --every 9 4 40 --out {textures}",
         f"train.py --config configs/cpu_default_ft5.yaml --work-dir {work}/stage6 synthetic.texture_dir {textures} "
         f"train.restore_ckpt {work}/stage5/average.pth",
-        f"train.py --work-dir {work}/stage6 --export {work}/stage6/average.pth {average}",
+        f"train.py --work-dir {work}/stage6 --export {work}/stage6/average.pth {AVERAGE}",
         f"scripts/extract_frames.py {clips} --every 3 2 20 --out {dense}",
         f"train.py --config configs/cpu_default_ft6.yaml --work-dir {work}/stage7 synthetic.texture_dir {dense} "
         f"train.restore_ckpt {work}/stage6/average.pth",
-        f"train.py --work-dir {work}/stage7 --export {work}/stage7/average.pth {average}",
+        f"train.py --work-dir {work}/stage7 --export {work}/stage7/average.pth {AVERAGE}",
         f"train.py --config configs/cpu_default_ft7.yaml --work-dir {work}/stage8 synthetic.texture_dir {dense} "
         f"train.restore_ckpt {work}/stage7/average.pth",
-        f"train.py --work-dir {work}/stage8 --export {work}/stage8/average.pth {average}",
+        f"train.py --work-dir {work}/stage8 --export {work}/stage8/average.pth {AVERAGE}",
         f"scripts/extract_frames.py {clips} --every 3 2 20 --out {mix}/videos",
-        *stages_9_and_10(work, mix, average),
+        *stages_9_and_10(work, mix, AVERAGE),
     ]
     copied = [f for f in (mix / "photos").iterdir() if not f.name.startswith(".")]
     assert len(copied) == 24 and (mix / "photos" / ".complete").is_file()
@@ -129,7 +128,7 @@ def test_train_cpu_default_runs_ten_stages_then_exports(tmp_path):
                           f"train.py --work-dir {work}/stage9 --resume synthetic.texture_dir {mix}",
                           f"train.py --work-dir {work}/stage10 --resume synthetic.texture_dir {mix}",
                           f"train.py --work-dir {work}/stage10 --export checkpoints/protoformer-s-synthetic.pth "
-                          f"{average}"]
+                          f"{AVERAGE}"]
     assert not any("average.pth" in c for c in calls)
 
 
@@ -155,13 +154,12 @@ def test_train_cpu_default_hands_stage_8_to_stage_9(tmp_path):
     env = {"TEXTURES_MIX": str(mix), "VIDEOS": str(videos), "PHOTOS": str(fake_photos(tmp_path))}
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
                        done=tuple(f"stage{index}" for index in range(1, 9)), env=env)
-    average = AVERAGE
     assert calls[-7:] == [
         f"train.py --work-dir {work}/stage8 --resume synthetic.texture_dir {tmp_path}/textures_dense",
-        f"train.py --work-dir {work}/stage8 --export {work}/stage8/average.pth {average}",
+        f"train.py --work-dir {work}/stage8 --export {work}/stage8/average.pth {AVERAGE}",
         f"scripts/extract_frames.py {videos}/megamind.avi {videos}/tree.avi {videos}/vtest.avi --every 3 2 20 "
         f"--out {mix}/videos",
-        *stages_9_and_10(work, mix, average),
+        *stages_9_and_10(work, mix, AVERAGE),
     ]
     assert sum("--export" in c for c in calls) == 3  # stage 8's and 9's averages and the release, no other average
     assert (mix / "photos" / "baboon.jpg").is_file() and (mix / "photos" / ".complete").is_file()
@@ -180,10 +178,9 @@ def test_train_cpu_default_hands_stage_6_to_stage_7(tmp_path):
            "VIDEOS": str(tmp_path / "videos"), "PHOTOS": str(fake_photos(tmp_path))}
     calls = run_recipe(tmp_path, "train_cpu_default.sh", str(work),
                        done=tuple(f"stage{index}" for index in range(1, 7)), env=env)
-    average = AVERAGE
     assert calls[5:9] == [
         f"train.py --work-dir {work}/stage6 --resume synthetic.texture_dir {textures}",
-        f"train.py --work-dir {work}/stage6 --export {work}/stage6/average.pth {average}",
+        f"train.py --work-dir {work}/stage6 --export {work}/stage6/average.pth {AVERAGE}",
         f"scripts/extract_frames.py {tmp_path}/videos/megamind.avi {tmp_path}/videos/tree.avi "
         f"{tmp_path}/videos/vtest.avi --every 3 2 20 --out {dense}",
         f"train.py --config configs/cpu_default_ft6.yaml --work-dir {work}/stage7 synthetic.texture_dir {dense} "
