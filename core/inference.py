@@ -455,7 +455,7 @@ class FlowEstimator:
                 mirrored_init = self.eighth_scale_flow(mirror_flow(out["flow"]), scale) if self.flip_average else None
                 out = self._pass(inputs, scale, self.refine_iters, self.eighth_scale_flow(out["flow"], scale),
                                  mirrored_init)
-            if len(self.scales) > 1:
+            if len(self.scales) > 1 or self.flip_average:  # no single network state: derive it from the flow
                 out["flow_low"] = self.eighth_scale_flow(out["flow"], self.scales[0])
         return Prediction(**{key: value.cpu().contiguous() for key, value in out.items()})
 
@@ -464,14 +464,13 @@ class FlowEstimator:
         """One network pass of ``iters`` iterations on the frames resized by ``scale`` (``flow_init`` on that
         pass's padded 1/8 grid), averaged with a pass on the mirrored frames (from ``mirrored_init``, the mirrored
         pair's warm start) if ``flip_average``. Returns flow and disparity at the input size (flow in input pixels)
-        and the pass's flow_low, on the device; those the model predicts."""
+        and the unmirrored pass's own flow_low, on the device; those the model predicts."""
         out = self._single_pass(inputs, scale, iters, flow_init)
         if not self.flip_average:
             return out
         mirrored = self._single_pass([mirror_images(image) for image in inputs], scale, iters, mirrored_init)
         if "flow" in out:
             out["flow"] = (out["flow"] + mirror_flow(mirrored["flow"])) / 2
-            out["flow_low"] = self.eighth_scale_flow(out["flow"], scale)
         if "disparity" in out:
             out["disparity"] = (out["disparity"] + mirror_images(mirrored["disparity"])) / 2
         return out
